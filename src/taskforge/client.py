@@ -1,0 +1,578 @@
+"""The producer side: the ``TaskForge`` app object and ``Job`` handles.
+
+Every public operation is written once as a flow (a generator of Redis operations) and exposed
+twice: a sync method and an ``_async`` twin that drive the same flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from .config import DEFAULT_REDIS_URL, Settings
+from .errors import JobCanceled, JobDead, JobNotFound, TimeoutError, ValidationError
+from .job import JobRecord, JobSpec, JobStatus, new_job_id, parse_priority
+from .redis import operations as ops
+from .redis.connection import BLOCK_SLICE_SECONDS, connect_async, connect_sync
+from .redis.driver import AsyncDriver, Flow, SyncDriver
+from .redis.keys import GlobalKeys, QueueKeys, validate_task_name
+from .redis.ops import command
+from .retry import RetryPolicy
+from .serialization import decode_error, decode_value, encode_payload
+from .task import EnqueueItem, Task, TaskOptions, TaskRegistry, split_item
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from .inspector import Inspector
+    from .worker.middleware import Middleware
+
+__all__ = ["Job", "TaskForge"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_BATCH = 1000  # jobs per enqueue script call: keeps each call's ARGV and run time small
+
+
+def resolve_url(settings: Settings) -> str:
+    """Explicit URL, else TASKFORGE_REDIS_URL (already in settings), else a running embedded
+    server recorded in ./.taskforge, else localhost:6379."""
+    if settings.redis_url:
+        return settings.redis_url
+    from .embedded import running_server_url
+
+    return running_server_url() or DEFAULT_REDIS_URL
+
+
+class TaskForge:
+    """The app: task registry, settings and connections. Safe to share between threads."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str | None = None,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(redis_url=url, prefix=prefix, **overrides)
+        elif url or prefix or overrides:
+            settings = settings.with_changes(
+                **{k: v for k, v in dict(redis_url=url, prefix=prefix, **overrides).items() if v}
+            )
+        self.settings = settings
+        self.url = resolve_url(settings)
+        self.registry = TaskRegistry()
+        self.global_keys = GlobalKeys(settings.prefix)
+        self.middleware: list[Middleware] = []
+        self._queue_keys: dict[str, QueueKeys] = {}
+        self._known_queues: set[str] = set()
+        self._lock = threading.Lock()
+        self._sync: SyncDriver | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, AsyncDriver] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TaskForge prefix={self.settings.prefix!r} url={self.url!r}>"
+
+    # -- connections -------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """The server address, without credentials, for messages."""
+        url = self.url
+        if "@" in url:
+            scheme, _, rest = url.partition("://")
+            url = f"{scheme}://***@{rest.rpartition('@')[2]}"
+        return url
+
+    def sync_driver(self) -> SyncDriver:
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    s = self.settings
+                    client = connect_sync(self.url, s.socket_timeout, s.connect_timeout)
+                    blocking = connect_sync(
+                        self.url, s.socket_timeout + BLOCK_SLICE_SECONDS, s.connect_timeout
+                    )
+                    self._sync = SyncDriver(client, blocking, self.where)
+        return self._sync
+
+    def async_driver(self) -> AsyncDriver:
+        """The asyncio driver of the running loop (clients cannot cross event loops)."""
+        loop = asyncio.get_running_loop()
+        current = self._async
+        if current is None or current[0] is not loop:
+            s = self.settings
+            client = connect_async(self.url, s.socket_timeout, s.connect_timeout)
+            blocking = connect_async(
+                self.url, s.socket_timeout + BLOCK_SLICE_SECONDS, s.connect_timeout
+            )
+            current = (loop, AsyncDriver(client, blocking, self.where))
+            self._async = current
+        return current[1]
+
+    def run(self, flow: Flow[T]) -> T:
+        return self.sync_driver().run_flow(flow)
+
+    async def run_async(self, flow: Flow[T]) -> T:
+        return await self.async_driver().run_flow(flow)
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        current, self._async = self._async, None
+        if current is not None and current[0] is asyncio.get_running_loop():
+            await current[1].close()
+        self.close()
+
+    def __enter__(self) -> TaskForge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> TaskForge:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def keys(self, queue: str) -> QueueKeys:
+        keys = self._queue_keys.get(queue)
+        if keys is None:
+            keys = self._queue_keys[queue] = QueueKeys(self.settings.prefix, queue)
+        return keys
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        priority: str | int | None = None,
+        retry_backoff: float | None = None,
+        retry_max_backoff: float | None = None,
+        no_retry_on: tuple[type[BaseException], ...] = (),
+    ) -> Callable[[Callable[P, Any]], Task[P, Any]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        priority: str | int | None = None,
+        retry_backoff: float | None = None,
+        retry_max_backoff: float | None = None,
+        no_retry_on: tuple[type[BaseException], ...] = (),
+    ) -> Any:
+        """Register a function as a task. ``@forge.task`` or ``@forge.task(queue=..., ...)``."""
+        if priority is not None:
+            parse_priority(priority)
+        retry = None
+        if retry_backoff is not None or retry_max_backoff is not None:
+            retry = RetryPolicy(
+                retry_backoff or self.settings.retry_base_seconds,
+                retry_max_backoff or self.settings.retry_cap_seconds,
+            )
+        options = TaskOptions(queue, max_attempts, timeout, priority, retry, tuple(no_retry_on))
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = Task(self, name or func.__name__, func, options)
+            self.registry.add(task)
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def retry_policy(self, task: Task[Any, Any] | None) -> RetryPolicy:
+        if task is not None and task.options.retry is not None:
+            return task.options.retry
+        return RetryPolicy(self.settings.retry_base_seconds, self.settings.retry_cap_seconds)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        self.middleware.append(middleware)
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def _spec(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        task: Task[Any, Any] | None,
+        delay: float | None,
+        at: datetime | None,
+        priority: str | int | None,
+        key: str | None,
+        max_attempts: int | None,
+        timeout: float | None,
+        job_id: str | None,
+    ) -> JobSpec:
+        opts = task.options if task is not None else None
+        if delay is not None and at is not None:
+            raise ValidationError("pass either delay= or at=, not both")
+        delay_ms = at_ms = 0
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+                raise ValidationError(f"delay must be non-negative seconds, got {delay!r}")
+            delay_ms = round(delay * 1000)
+        if at is not None:
+            if not isinstance(at, datetime):
+                raise ValidationError(f"at= must be a datetime, got {type(at).__name__}")
+            at_ms = max(1, round(at.timestamp() * 1000))
+        attempts = max_attempts or (opts.max_attempts if opts else None)
+        attempts = attempts or self.settings.default_max_attempts
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ValidationError(f"max_attempts must be a whole number >= 1, got {attempts!r}")
+        run_timeout = timeout if timeout is not None else (opts.timeout if opts else None)
+        if run_timeout is not None and run_timeout <= 0:
+            raise ValidationError(f"timeout must be positive seconds, got {run_timeout!r}")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 512):
+            raise ValidationError("key must be a non-empty string of at most 512 characters")
+        if job_id is not None and not (isinstance(job_id, str) and job_id.isalnum()):
+            raise ValidationError("job_id must be letters and digits only")
+        payload = encode_payload(args, kwargs or {}, self.settings.max_payload_bytes)
+        return JobSpec(
+            id=job_id or new_job_id(),
+            task=name,
+            payload=payload,
+            priority=parse_priority(priority if priority is not None else (opts and opts.priority)),
+            max_attempts=attempts,
+            timeout_ms=round(run_timeout * 1000) if run_timeout else 0,
+            delay_ms=delay_ms,
+            at_ms=at_ms,
+            key=key or "",
+        )
+
+    def _queue_for(self, name: str, queue: str | None, task: Task[Any, Any] | None) -> QueueKeys:
+        validate_task_name(name)
+        if queue is None:
+            known = task or self.registry.find(name)
+            queue = known.options.queue if known is not None else "default"
+        return self.keys(queue)
+
+    def _enqueue_flow(self, keys: QueueKeys, specs: list[JobSpec]) -> Flow[list[Job[Any]]]:
+        events = self.settings.publish_events
+        requests: list[Any] = [
+            ops.enqueue(keys, specs[i : i + _BATCH], events) for i in range(0, len(specs), _BATCH)
+        ]
+        register = keys.queue not in self._known_queues
+        if register:
+            requests.insert(0, ops.register_queue(self.global_keys, keys.queue))
+        if self.settings.wait_replicas or self.settings.wait_aof:
+            requests.append(self._durability_op())
+        replies = yield requests if len(requests) > 1 else requests[0]
+        if len(requests) == 1:
+            replies = [replies]
+        if register:
+            self._known_queues.add(keys.queue)
+            replies = replies[1:]
+        jobs: list[Job[Any]] = []
+        for reply in replies:
+            if isinstance(reply, list):
+                jobs.extend(
+                    Job(self, out.id, keys.queue, created=out.created, initial_status=out.status)
+                    for out in reply
+                )
+        return jobs
+
+    def _durability_op(self) -> Any:
+        s = self.settings
+        if s.wait_aof:
+            return command("WAITAOF", 1, s.wait_replicas, s.wait_timeout_ms)
+        return command("WAIT", s.wait_replicas, s.wait_timeout_ms)
+
+    def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue a task by name; producers need not import the task's code."""
+        return self.enqueue_with(name, args, kwargs)
+
+    async def enqueue_async(self, name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
+        return await self.enqueue_with_async(name, args, kwargs)
+
+    def enqueue_with(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> Job[Any]:
+        keys = self._queue_for(name, queue, task)
+        spec = self._spec(name, args, kwargs, task, **_enqueue_options(options))
+        return self.run(self._enqueue_flow(keys, [spec]))[0]
+
+    async def enqueue_with_async(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> Job[Any]:
+        keys = self._queue_for(name, queue, task)
+        spec = self._spec(name, args, kwargs, task, **_enqueue_options(options))
+        return (await self.run_async(self._enqueue_flow(keys, [spec])))[0]
+
+    def _many(
+        self,
+        name: str,
+        items: Iterable[EnqueueItem],
+        queue: str | None,
+        task: Task[Any, Any] | None,
+        options: dict[str, Any],
+    ) -> tuple[QueueKeys, list[JobSpec]]:
+        keys = self._queue_for(name, queue, task)
+        opts = _enqueue_options(options)
+        if opts["key"] is not None or opts["job_id"] is not None:
+            raise ValidationError("enqueue_many takes no key= or job_id=: they name one job")
+        specs = []
+        for item in items:
+            args, kwargs = split_item(item)
+            specs.append(self._spec(name, args, kwargs, task, **opts))
+        return keys, specs
+
+    def enqueue_many(
+        self,
+        name: str,
+        items: Iterable[EnqueueItem],
+        *,
+        queue: str | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> list[Job[Any]]:
+        """Enqueue many jobs of one task: every payload is checked before anything is written,
+        then one round trip carries them all (in script calls of 1,000 jobs)."""
+        keys, specs = self._many(name, items, queue, task, options)
+        return self.run(self._enqueue_flow(keys, specs)) if specs else []
+
+    async def enqueue_many_async(
+        self,
+        name: str,
+        items: Iterable[EnqueueItem],
+        *,
+        queue: str | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> list[Job[Any]]:
+        keys, specs = self._many(name, items, queue, task, options)
+        return await self.run_async(self._enqueue_flow(keys, specs)) if specs else []
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _find_queue_flow(self, job_id: str) -> Flow[str]:
+        members = yield command("SMEMBERS", self.global_keys.queues)
+        queues = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        if queues:
+            found = yield [command("EXISTS", self.keys(q).job(job_id), parse=int) for q in queues]
+            for queue, exists in zip(queues, found, strict=True):
+                if exists:
+                    return queue
+        raise JobNotFound(
+            f"no job with id {job_id!r} in any queue of prefix {self.settings.prefix!r}: it was"
+            " never enqueued here, or its retention period ended"
+        )
+
+    def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
+        """A handle for an existing job. Without ``queue``, the queues are searched."""
+        if queue is None:
+            queue = self.run(self._find_queue_flow(job_id))
+        return Job(self, job_id, queue)
+
+    async def job_async(self, job_id: str, queue: str | None = None) -> Job[Any]:
+        if queue is None:
+            queue = await self.run_async(self._find_queue_flow(job_id))
+        return Job(self, job_id, queue)
+
+    # -- health and inspection ---------------------------------------------------------------
+
+    def _health_flow(self) -> Flow[dict[str, Any]]:
+        probe = f"{self.settings.prefix}:{{-}}:health:{uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        started = time.perf_counter()
+        replies = yield [
+            command("SET", probe, token, "PX", 10000),
+            command("GET", probe),
+            command("DEL", probe),
+            command("INFO", "server"),
+        ]
+        elapsed = time.perf_counter() - started
+        read_back = replies[1].decode() if isinstance(replies[1], bytes) else replies[1]
+        info = replies[3] if isinstance(replies[3], dict) else {}
+        from .inspector import server_version
+
+        kind, version = server_version(info)
+        return {
+            "ok": read_back == token,
+            "latency_ms": round(elapsed * 1000, 3),
+            "server": kind,
+            "version": ".".join(map(str, version)),
+            "url": self.where,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Checks connectivity with a write and a read back. Raises RedisUnavailable if down."""
+        return self.run(self._health_flow())
+
+    async def health_async(self) -> dict[str, Any]:
+        return await self.run_async(self._health_flow())
+
+    @property
+    def inspector(self) -> Inspector:
+        from .inspector import Inspector
+
+        return Inspector(self)
+
+
+def _enqueue_options(options: dict[str, Any]) -> dict[str, Any]:
+    allowed = ("delay", "at", "priority", "key", "max_attempts", "timeout", "job_id")
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise ValidationError(
+            f"unknown enqueue option(s) {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}"
+        )
+    return {name: options.get(name) for name in allowed}
+
+
+class Job(Generic[R]):
+    """A handle on one job: its status, its result, and cancellation."""
+
+    __slots__ = ("created", "forge", "id", "initial_status", "queue")
+
+    def __init__(
+        self,
+        forge: TaskForge,
+        job_id: str,
+        queue: str,
+        *,
+        created: bool = True,
+        initial_status: str | None = None,
+    ) -> None:
+        self.forge = forge
+        self.id = job_id
+        self.queue = queue
+        self.created = created
+        """False when enqueue found an existing job with the same idempotency key."""
+        self.initial_status = initial_status
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} queue={self.queue}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and (other.id, other.queue) == (self.id, self.queue)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.queue))
+
+    @property
+    def _keys(self) -> QueueKeys:
+        return self.forge.keys(self.queue)
+
+    def _info_flow(self) -> Flow[JobRecord]:
+        fields = yield ops.job_fields(self._keys, self.id)
+        if not fields:
+            raise JobNotFound(
+                f"job {self.id} not found in queue {self.queue!r}: never enqueued, or its"
+                " retention period ended"
+            )
+        return JobRecord.from_hash(self.id, self.queue, fields)
+
+    def info(self) -> JobRecord:
+        """A snapshot of the whole job record."""
+        return self.forge.run(self._info_flow())
+
+    async def info_async(self) -> JobRecord:
+        return await self.forge.run_async(self._info_flow())
+
+    def _status_flow(self) -> Flow[JobStatus]:
+        status = yield command("HGET", self._keys.job(self.id), "status")
+        if status is None:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        return JobStatus(status.decode())
+
+    def status(self) -> JobStatus:
+        return self.forge.run(self._status_flow())
+
+    async def status_async(self) -> JobStatus:
+        return await self.forge.run_async(self._status_flow())
+
+    def _result_flow(self, timeout: float | None) -> Flow[R]:
+        keys = self._keys
+        deadline = None if timeout is None else time.monotonic() + timeout
+        code, status, result, error = yield ops.watch(keys, self.id, register=True)
+        while True:
+            if code == ops.WATCH_MISSING:
+                raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+            if code == ops.WATCH_FINAL:
+                return _outcome(self.id, status, result, error)  # type: ignore[no-any-return]
+            if deadline is None:
+                block = BLOCK_SLICE_SECONDS
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"job {self.id} is still {status} after {timeout} s; wait longer or"
+                        " check its worker (`taskforge job ID`)"
+                    )
+                block = min(remaining, BLOCK_SLICE_SECONDS)
+            yield command("BLPOP", keys.done(self.id), round(max(block, 0.01), 3), blocking=True)
+            code, status, result, error = yield ops.watch(keys, self.id, register=False)
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait (blocking on Redis, no polling) for the result. Raises JobFailed subclasses."""
+        return self.forge.run(self._result_flow(timeout))
+
+    async def result_async(self, timeout: float | None = None) -> R:
+        return await self.forge.run_async(self._result_flow(timeout))
+
+    def _cancel_flow(self) -> Flow[bool]:
+        s = self.forge.settings
+        outcome, _status = yield ops.cancel(
+            self._keys, self.id, round(s.completed_ttl * 1000), s.publish_events
+        )
+        if outcome == ops.CANCEL_MISSING:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        return outcome in (ops.CANCEL_DONE, ops.CANCEL_REQUESTED)
+
+    def cancel(self) -> bool:
+        """Cancel a waiting job now, or ask a running one to stop. False if already final."""
+        return self.forge.run(self._cancel_flow())
+
+    async def cancel_async(self) -> bool:
+        return await self.forge.run_async(self._cancel_flow())
+
+
+def _outcome(job_id: str, status: str, result: bytes, error: bytes) -> Any:
+    if status == JobStatus.COMPLETED:
+        return decode_value(result)
+    err = decode_error(error)
+    if status == JobStatus.CANCELED:
+        raise JobCanceled.from_error(job_id, status, err or {"type": "Canceled", "message": ""})
+    raise JobDead.from_error(job_id, status, err)

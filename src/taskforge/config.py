@@ -1,0 +1,141 @@
+"""Settings: one frozen object, built from arguments and ``TASKFORGE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_REDIS_URL", "Settings"]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")
+
+
+def _env_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a number; set it to seconds, e.g. {name}=30"
+        ) from None
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number, e.g. {name}=5") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything TaskForge can be configured with. Validated when built."""
+
+    redis_url: str | None = None
+    """None means: TASKFORGE_REDIS_URL, else localhost:6379, else the embedded server."""
+    prefix: str = "taskforge"
+    lease_seconds: float = 30.0
+    """How long a fetched job stays leased without a heartbeat before another worker may take it."""
+    completed_ttl: float = 24 * 3600.0
+    dead_ttl: float = 7 * 24 * 3600.0
+    max_payload_bytes: int = 1024 * 1024
+    max_redeliveries: int = 5
+    """Crash redeliveries (expired leases) before a job is dead-lettered as poison."""
+    default_max_attempts: int = 3
+    retry_base_seconds: float = 1.0
+    retry_cap_seconds: float = 300.0
+    socket_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    publish_events: bool = True
+    wait_replicas: int = 0
+    """Enqueue waits until this many replicas acknowledged the write (WAIT)."""
+    wait_aof: bool = False
+    """Enqueue waits until the write reached the AOF on disk (WAITAOF, Redis >= 7.2)."""
+    wait_timeout_ms: int = 1000
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None and not self.redis_url.startswith(_SCHEMES):
+            raise ConfigError(
+                f"redis url {self.redis_url!r} has an unknown scheme; use one of "
+                + ", ".join(s.rstrip("/") for s in _SCHEMES)
+            )
+        if not _PREFIX_RE.match(self.prefix):
+            raise ConfigError(
+                f"prefix {self.prefix!r} is not valid: use 1-64 letters, digits, '_', '.', '-'"
+            )
+        if not 1 <= self.lease_seconds <= 24 * 3600:
+            raise ConfigError(
+                f"lease_seconds={self.lease_seconds} is out of range; use 1 to 86400 seconds"
+            )
+        for name in ("completed_ttl", "dead_ttl", "retry_base_seconds", "retry_cap_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_payload_bytes < 1024:
+            raise ConfigError("max_payload_bytes must be at least 1024")
+        if self.max_redeliveries < 1:
+            raise ConfigError("max_redeliveries must be at least 1")
+        if self.default_max_attempts < 1:
+            raise ConfigError("default_max_attempts must be at least 1")
+        if self.wait_replicas < 0:
+            raise ConfigError("wait_replicas cannot be negative")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Leases are renewed several times per lease period so one slow beat never loses one."""
+        return max(0.2, min(self.lease_seconds / 6, 2.0))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``TASKFORGE_*`` variables; explicit ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if env.get("TASKFORGE_REDIS_URL"):
+            values["redis_url"] = env["TASKFORGE_REDIS_URL"]
+        if env.get("TASKFORGE_PREFIX"):
+            values["prefix"] = env["TASKFORGE_PREFIX"]
+        floats = {
+            "TASKFORGE_LEASE_SECONDS": "lease_seconds",
+            "TASKFORGE_COMPLETED_TTL": "completed_ttl",
+            "TASKFORGE_DEAD_TTL": "dead_ttl",
+            "TASKFORGE_RETRY_BASE_SECONDS": "retry_base_seconds",
+            "TASKFORGE_RETRY_CAP_SECONDS": "retry_cap_seconds",
+            "TASKFORGE_SOCKET_TIMEOUT": "socket_timeout",
+        }
+        for var, name in floats.items():
+            value = _env_float(env, var)
+            if value is not None:
+                values[name] = value
+        ints = {
+            "TASKFORGE_MAX_PAYLOAD_BYTES": "max_payload_bytes",
+            "TASKFORGE_MAX_REDELIVERIES": "max_redeliveries",
+            "TASKFORGE_MAX_ATTEMPTS": "default_max_attempts",
+            "TASKFORGE_WAIT_REPLICAS": "wait_replicas",
+        }
+        for var, name in ints.items():
+            ivalue = _env_int(env, var)
+            if ivalue is not None:
+                values[name] = ivalue
+        if env.get("TASKFORGE_WAIT_AOF"):
+            values["wait_aof"] = env["TASKFORGE_WAIT_AOF"].lower() in ("1", "true", "yes", "on")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

@@ -1,0 +1,205 @@
+"""The two drivers that run ``Op``s and flows: one sync, one asyncio. Both are thin on purpose.
+
+A flow is a generator that yields an ``Op`` (or a list of them, pipelined where the topology
+allows) and receives the parsed reply; multi-step operations such as waiting for a result are
+written once as a flow and driven by either driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from redis import exceptions as rex
+
+from ..errors import RedisUnavailable, TaskForgeError
+from .ops import Op
+
+__all__ = ["AsyncDriver", "Flow", "PermissionDenied", "SyncDriver", "translate_errors"]
+
+T = TypeVar("T")
+Flow = Generator["Op[Any] | list[Op[Any]]", Any, T]
+
+
+class PermissionDenied(TaskForgeError):
+    """The Redis user lacks a permission TaskForge needs (ACL), or its credentials are wrong."""
+
+
+@contextmanager
+def translate_errors(where: str) -> Iterator[None]:
+    """Turn redis-py errors into TaskForge errors whose messages say what to do."""
+    try:
+        yield
+    except rex.AuthenticationError as exc:
+        raise PermissionDenied(
+            f"Redis at {where} refused the credentials: {exc}. Check the user and password"
+            " in the URL (redis://user:password@host:port/0)"
+        ) from exc
+    except (rex.ConnectionError, rex.TimeoutError) as exc:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where}: {exc}. Is the server running? Point"
+            " TASKFORGE_REDIS_URL at it, or run `taskforge redis` to start a local one"
+        ) from exc
+    except rex.NoPermissionError as exc:
+        raise PermissionDenied(
+            f"the Redis user lacks a permission TaskForge needs: {exc}. Grant the ACL from"
+            " docs/deployment.md (commands and the prefix's key pattern)"
+        ) from exc
+    except rex.ResponseError as exc:
+        text = str(exc)
+        if text.startswith("NOPERM") or "NOPERM" in text[:80]:
+            raise PermissionDenied(
+                f"the Redis user lacks a permission TaskForge needs: {text}. Grant the ACL from"
+                " docs/deployment.md"
+            ) from exc
+        if text.startswith("OOM"):
+            raise TaskForgeError(
+                f"Redis is out of memory and refused the write: {text}. Raise maxmemory or"
+                " drain queues; nothing was written"
+            ) from exc
+        raise
+
+
+def _script_args(op: Op[Any]) -> list[Any]:
+    return [len(op.keys), *op.keys, *op.args]
+
+
+def _queue_into(pipe: Any, op: Op[Any]) -> None:
+    if op.script is None:
+        pipe.execute_command(*op.command)
+    else:
+        pipe.evalsha(op.script.sha, *_script_args(op))
+
+
+def _is_cluster(client: Any) -> bool:
+    return type(client).__name__ == "RedisCluster"
+
+
+class SyncDriver:
+    """Runs operations on sync redis-py clients (standalone, Sentinel or Cluster)."""
+
+    def __init__(self, client: Any, blocking_client: Any, where: str) -> None:
+        self.client = client
+        self.blocking_client = blocking_client
+        self.where = where
+        self.is_cluster = _is_cluster(client)
+
+    def run(self, op: Op[T]) -> T:
+        with translate_errors(self.where):
+            return op.parse(self._raw(op))
+
+    def _raw(self, op: Op[Any]) -> Any:
+        client = self.blocking_client if op.blocking else self.client
+        if op.script is None:
+            return client.execute_command(*op.command)
+        args = _script_args(op)
+        try:
+            return client.evalsha(op.script.sha, *args)
+        except rex.NoScriptError:
+            # A restart or failover emptied the script cache: EVAL runs and re-caches it.
+            return client.eval(op.script.source, *args)
+
+    def run_all(self, ops: Sequence[Op[Any]]) -> list[Any]:
+        """Run several operations, pipelined in one round trip where the topology allows."""
+        if self.is_cluster or len(ops) < 2:
+            return [self.run(op) for op in ops]
+        with translate_errors(self.where):
+            pipe = self.client.pipeline(transaction=False)
+            for op in ops:
+                _queue_into(pipe, op)
+            replies = pipe.execute(raise_on_error=False)
+            out = []
+            for op, reply in zip(ops, replies, strict=True):
+                if isinstance(reply, rex.NoScriptError):
+                    reply = self._raw(op)
+                elif isinstance(reply, Exception):
+                    raise reply
+                out.append(op.parse(reply))
+            return out
+
+    def run_flow(self, flow: Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    reply = (
+                        self.run_all(request) if isinstance(request, list) else self.run(request)
+                    )
+                except Exception as exc:
+                    request = flow.throw(exc)  # the flow may handle it (e.g. an ACL denial)
+                    continue
+                request = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.blocking_client is not self.client:
+            self.blocking_client.close()
+
+
+class AsyncDriver:
+    """Runs operations on asyncio redis-py clients (standalone, Sentinel or Cluster)."""
+
+    def __init__(self, client: Any, blocking_client: Any, where: str) -> None:
+        self.client = client
+        self.blocking_client = blocking_client
+        self.where = where
+        self.is_cluster = _is_cluster(client)
+
+    async def run(self, op: Op[T]) -> T:
+        with translate_errors(self.where):
+            return op.parse(await self._raw(op))
+
+    async def _raw(self, op: Op[Any]) -> Any:
+        client = self.blocking_client if op.blocking else self.client
+        if op.script is None:
+            return await client.execute_command(*op.command)
+        args = _script_args(op)
+        try:
+            return await client.evalsha(op.script.sha, *args)
+        except rex.NoScriptError:
+            return await client.eval(op.script.source, *args)
+
+    async def run_all(self, ops: Sequence[Op[Any]]) -> list[Any]:
+        if self.is_cluster or len(ops) < 2:
+            return [await self.run(op) for op in ops]
+        with translate_errors(self.where):
+            pipe = self.client.pipeline(transaction=False)
+            for op in ops:
+                _queue_into(pipe, op)
+            replies = await pipe.execute(raise_on_error=False)
+            out = []
+            for op, reply in zip(ops, replies, strict=True):
+                if isinstance(reply, rex.NoScriptError):
+                    reply = await self._raw(op)
+                elif isinstance(reply, Exception):
+                    raise reply
+                out.append(op.parse(reply))
+            return out
+
+    async def run_flow(self, flow: Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    if isinstance(request, list):
+                        reply = await self.run_all(request)
+                    else:
+                        reply = await self.run(request)
+                except Exception as exc:
+                    request = flow.throw(exc)
+                    continue
+                request = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        if self.blocking_client is not self.client:
+            await self.blocking_client.aclose()

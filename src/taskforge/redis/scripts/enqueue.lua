@@ -1,0 +1,69 @@
+-- enqueue: create one job or a batch, each in ready (due now) or scheduled (due later).
+-- KEYS: the queue's standard vector (see _prelude.lua).
+-- ARGV: 1 base, 2 channel ('' = no events), 3 queue, 4 job count n,
+--       then 9 per job: id, task, payload, priority, max_attempts, timeout_ms (0 = none),
+--       delay_ms (0 = none), at_ms (absolute due time, 0 = none), idempotency key ('' = none).
+-- Returns: {now, id_1, created_1, status_1, ...}; created is 1 for a new job, 0 when the id or the
+--   idempotency key already names a live or retained job (then id and status are that job's).
+--   An enqueue retried after a lost reply finds its own id and creates nothing twice.
+local base, channel, queue, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now = now_ms()
+local out = {now}
+local woke_ready = false
+for i = 0, n - 1 do
+  local o = 5 + i * 9
+  local id, task, payload, priority = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local max_attempts, timeout_ms = ARGV[o + 4], ARGV[o + 5]
+  local delay_ms, at_ms, key = tonumber(ARGV[o + 6]), tonumber(ARGV[o + 7]), ARGV[o + 8]
+  local jk = base .. 'job:' .. id
+  local existing = nil
+  if key ~= '' then
+    local other = redis.call('GET', base .. 'key:' .. key)
+    if other and redis.call('EXISTS', base .. 'job:' .. other) == 1 then
+      existing = other
+    end
+  end
+  if not existing and redis.call('EXISTS', jk) == 1 then
+    existing = id
+  end
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 0
+    out[#out + 1] = redis.call('HGET', base .. 'job:' .. existing, 'status')
+  else
+    local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+    local due = 0
+    if at_ms > 0 then
+      due = at_ms
+    elseif delay_ms > 0 then
+      due = now + delay_ms
+    end
+    local status
+    if due > now then
+      status = 'scheduled'
+      redis.call('ZADD', K_SCHEDULED, due, id)
+      redis.call('ZADD', K_WAKE, 'LT', due, 'd')
+    else
+      status = 'queued'
+      due = now
+      redis.call('ZADD', K_READY, ready_score(priority, seq), id)
+      woke_ready = true
+    end
+    redis.call('HSET', jk, 'v', 1, 'task', task, 'payload', payload, 'priority', priority,
+      'seq', seq, 'status', status, 'attempt', 0, 'max_attempts', max_attempts,
+      'timeout', timeout_ms, 'created', now, 'due', due, 'token', 0)
+    if key ~= '' then
+      redis.call('HSET', jk, 'key', key)
+      redis.call('SET', base .. 'key:' .. key, id)
+    end
+    publish(channel, 'enqueued', id, queue, task, now)
+    out[#out + 1] = id
+    out[#out + 1] = 1
+    out[#out + 1] = status
+  end
+end
+if woke_ready and redis.call('HGET', K_META, 'paused') ~= '1' then
+  redis.call('ZADD', K_WAKE, 0, 'r')
+end
+redis.call('HINCRBY', K_STATS, 'enqueued', n)
+return out

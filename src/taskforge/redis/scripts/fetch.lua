@@ -1,0 +1,46 @@
+-- fetch: promote due jobs, then take up to `count` ready jobs and lease them to a worker.
+-- Taking a job and writing its lease are one atomic step: no crash can fall between them.
+-- KEYS: the queue's standard vector (see _prelude.lua).
+-- ARGV: 1 base, 2 channel, 3 queue, 4 count, 5 lease_ms, 6 worker id, 7 promote limit.
+-- Returns: {now, n, then 10 fields per job: id, task, payload, attempt, max_attempts,
+--   timeout_ms, token, created, redeliveries, priority}. A paused queue returns {now, 0}.
+--   The token grows with every delivery; extend/complete/fail must present it (fencing).
+local base, channel, queue = ARGV[1], ARGV[2], ARGV[3]
+local count, lease_ms, worker = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local now = now_ms()
+if redis.call('HGET', K_META, 'paused') == '1' then
+  return {now, 0}
+end
+promote_due(base, now, tonumber(ARGV[7]))
+local popped = redis.call('ZPOPMIN', K_READY, count)
+local out = {now, 0}
+local taken = 0
+local deadline = now + lease_ms
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local jk = base .. 'job:' .. id
+  local f = redis.call('HMGET', jk, 'task', 'payload', 'max_attempts', 'timeout', 'created',
+    'redeliveries', 'priority')
+  if f[1] then
+    local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
+    local token = redis.call('HINCRBY', jk, 'token', 1)
+    redis.call('HSET', jk, 'status', 'active', 'started', now, 'worker', worker)
+    redis.call('ZADD', K_ACTIVE, deadline, id)
+    publish(channel, 'started', id, queue, f[1], now)
+    taken = taken + 1
+    local o = #out
+    out[o + 1] = id
+    out[o + 2] = f[1]
+    out[o + 3] = f[2]
+    out[o + 4] = attempt
+    out[o + 5] = f[3]
+    out[o + 6] = f[4]
+    out[o + 7] = token
+    out[o + 8] = f[5]
+    out[o + 9] = f[6] or 0
+    out[o + 10] = f[7]
+  end
+end
+out[2] = taken
+rearm()
+return out

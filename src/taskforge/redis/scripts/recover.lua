@@ -1,0 +1,57 @@
+-- recover: return jobs whose lease expired (their worker died or hung) to the queue. A crash is a
+-- redelivery, not a failed attempt; a job redelivered more than max_redeliveries times is
+-- dead-lettered as poison. Also promotes due jobs, trims retention indexes and re-arms the
+-- wake-up markers, so lost markers are rebuilt. Run on a schedule by every live worker.
+-- KEYS: the queue's standard vector (see _prelude.lua).
+-- ARGV: 1 base, 2 channel, 3 queue, 4 max redeliveries, 5 limit, 6 dead retention ms,
+--       7 completed retention ms.
+-- Returns: {now, recovered, dead_lettered, promoted}.
+local base, channel, queue = ARGV[1], ARGV[2], ARGV[3]
+local max_redeliveries, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local dead_ttl, completed_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, limit)
+local recovered, buried = 0, 0
+for i = 1, #expired do
+  local id = expired[i]
+  local jk = base .. 'job:' .. id
+  redis.call('ZREM', K_ACTIVE, id)
+  local f = redis.call('HMGET', jk, 'priority', 'seq', 'attempt', 'key', 'waiters', 'task',
+    'cancel')
+  if f[1] then
+    local redeliveries = redis.call('HINCRBY', jk, 'redeliveries', 1)
+    if tonumber(f[3]) > 0 then
+      redis.call('HINCRBY', jk, 'attempt', -1)
+    end
+    if f[7] == '1' then
+      redis.call('HSET', jk, 'status', 'canceled', 'finished', now)
+      retain(base, jk, f[4], completed_ttl)
+      redis.call('HINCRBY', K_STATS, 'canceled', 1)
+      notify_waiters(base, id, f[5])
+      publish(channel, 'canceled', id, queue, f[6], now)
+    elseif redeliveries > max_redeliveries then
+      redis.call('HSET', jk, 'status', 'dead', 'finished', now, 'error',
+        '{"type":"WorkerLost","message":"the worker running this job was lost ' .. redeliveries ..
+        ' times (lease expired); dead-lettered as a poison job","traceback":""}')
+      retain(base, jk, f[4], dead_ttl)
+      redis.call('ZADD', K_DEAD, now, id)
+      redis.call('HINCRBY', K_STATS, 'dead', 1)
+      notify_waiters(base, id, f[5])
+      publish(channel, 'dead', id, queue, f[6], now)
+      buried = buried + 1
+    else
+      redis.call('HSET', jk, 'status', 'queued')
+      redis.call('ZADD', K_READY, ready_score(f[1], f[2]), id)
+      publish(channel, 'redelivered', id, queue, f[6], now)
+      recovered = recovered + 1
+    end
+  end
+end
+if recovered > 0 then
+  redis.call('HINCRBY', K_STATS, 'redelivered', recovered)
+end
+local promoted = promote_due(base, now, limit)
+redis.call('ZREMRANGEBYSCORE', K_COMPLETED, '-inf', now - completed_ttl)
+redis.call('ZREMRANGEBYSCORE', K_DEAD, '-inf', now - dead_ttl)
+rearm()
+return {now, recovered, buried, promoted}

@@ -1,0 +1,63 @@
+"""What a running task can know about itself: ``taskforge.current_job()``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import TaskForgeError
+
+__all__ = ["JobContext", "current_job"]
+
+_current: ContextVar[JobContext | None] = ContextVar("taskforge_job", default=None)
+
+
+@dataclass(eq=False, slots=True)
+class JobContext:
+    """Per-run facts and helpers, available to the task through ``current_job()``."""
+
+    job_id: str
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    logger: logging.LoggerAdapter[logging.Logger]
+    token: str
+    _report: Any = None  # callable(value) -> None, set by the worker
+    _cancel_event: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None
+    """Why the run was asked to stop: 'canceled', 'lease-lost', 'shutdown' or 'timeout'."""
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone canceled the job. Long sync tasks should check it and return."""
+        return self._cancel_event.is_set()
+
+    def set_progress(self, value: Any) -> None:
+        """Report progress (any JSON value, e.g. a fraction or {"done": 3, "total": 10})."""
+        if self._report is not None:
+            self._report(value)
+
+    def _request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self._cancel_event.set()
+
+
+def current_job() -> JobContext:
+    """The context of the job running in this task or thread."""
+    ctx = _current.get()
+    if ctx is None:
+        raise TaskForgeError("current_job() was called outside a job run by a TaskForge worker")
+    return ctx
+
+
+def bind(ctx: JobContext) -> Any:
+    return _current.set(ctx)
+
+
+def unbind(token: Any) -> None:
+    _current.reset(token)

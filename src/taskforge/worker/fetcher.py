@@ -1,0 +1,190 @@
+"""Taking work: the fetcher leases jobs while slots are free; the waiters block on Redis until
+there is work or a delayed job falls due, so an idle worker sends almost nothing.
+
+Wake-up protocol (see docs/redis.md): each queue has a ``wake`` sorted set. Enqueue adds ``r``
+(score 0) for ready work and ``d`` (score = due time) for delayed work. A waiter blocks in
+BZPOPMIN on those sets; ``r`` or a due ``d`` sends the fetcher to that queue, a future ``d`` becomes
+a local timer. Scripts re-derive the markers from the sets, so a marker lost with a crashed worker
+is rebuilt by the next fetch or recovery run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import TaskForgeError
+from ..redis import operations as ops
+from ..redis.connection import BLOCK_SLICE_SECONDS
+from ..redis.driver import AsyncDriver
+from ..redis.keys import QueueKeys
+from ..redis.ops import command
+from .backoff import Backoff
+from .state import Lease, WorkerState
+
+__all__ = ["Fetcher", "Waiter"]
+
+log = logging.getLogger("taskforge.worker")
+
+
+class Fetcher:
+    """Leases jobs, highest-priority queue first, as long as this worker has free slots."""
+
+    def __init__(
+        self,
+        state: WorkerState,
+        driver: AsyncDriver,
+        queue_keys: list[QueueKeys],
+        lease_ms: int,
+        events: bool,
+        start: Callable[[Lease], None],
+    ) -> None:
+        self.state = state
+        self.driver = driver
+        self.queue_keys = queue_keys
+        self.lease_ms = lease_ms
+        self.events = events
+        self.start = start
+        self.maybe_ready: set[str] = {k.queue for k in queue_keys}
+        self.work_hint = asyncio.Event()
+        self.work_hint.set()
+        self.fetches = 0
+
+    def hint(self, queue: str) -> None:
+        self.maybe_ready.add(queue)
+        self.work_hint.set()
+
+    async def run(self) -> None:
+        state = self.state
+        backoff = Backoff(log, "fetching jobs")
+        while not state.stopping.is_set():
+            await state.slots.wait_free()
+            if state.stopping.is_set():
+                return
+            if not self.maybe_ready:
+                self.work_hint.clear()
+                await self.work_hint.wait()
+                continue
+            try:
+                await self._fetch_round()
+                backoff.ok()
+            except (TaskForgeError, OSError) as exc:
+                await backoff.failed(exc, state.stopping)
+
+    async def _fetch_round(self) -> None:
+        """One pass in priority order; stops at the first queue that yields jobs."""
+        state = self.state
+        for keys in self.queue_keys:
+            if keys.queue not in self.maybe_ready:
+                continue
+            want = min(state.slots.free, state.config.fetch_batch)
+            if want <= 0:
+                return
+            sent = time.time()
+            now_ms, jobs = await self.driver.run(
+                ops.fetch(keys, want, self.lease_ms, state.worker_id, self.events)
+            )
+            state.clock.observe(now_ms, sent, time.time())
+            self.fetches += 1
+            if len(jobs) < want:
+                self.maybe_ready.discard(keys.queue)
+            if jobs:
+                state.slots.take(len(jobs))
+                for job in jobs:
+                    lease = Lease(job, keys)
+                    state.leases[job.id] = lease
+                    self.start(lease)
+                return
+
+
+class Waiter:
+    """Blocks on the wake markers of a group of queues that share a hash slot (on a standalone
+    server, all queues form one group; on a cluster, each queue is its own).
+
+    A future ``d`` marker becomes a local timer rather than a shorter block: Redis checks blocking
+    timeouts only every 1/hz seconds (100 ms by default), far too coarse for delayed jobs.
+    """
+
+    def __init__(
+        self, state: WorkerState, driver: AsyncDriver, group: list[QueueKeys], fetcher: Fetcher
+    ) -> None:
+        self.state = state
+        self.driver = driver
+        self.group = group
+        self.fetcher = fetcher
+        self.by_wake_key = {k.wake.encode(): k for k in group}
+        self.timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self.pops = 0
+        self.promotions: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> None:
+        state = self.state
+        backoff = Backoff(log, "waiting for work")
+        keys = [k.wake for k in self.group]
+        block = command("BZPOPMIN", *keys, BLOCK_SLICE_SECONDS, blocking=True)
+        try:
+            while not state.stopping.is_set():
+                # Without a free slot, leave the markers to workers that can take the work.
+                await state.slots.wait_free()
+                try:
+                    reply: Any = await self.driver.run(block)
+                    self.pops += 1
+                    backoff.ok()
+                except (TaskForgeError, OSError) as exc:
+                    await backoff.failed(exc, state.stopping)
+                    continue
+                if reply:
+                    self._on_marker(reply[0], reply[1], float(reply[2]))
+        finally:
+            for _, handle in self.timers.values():
+                handle.cancel()
+
+    def _on_marker(self, wake_key: bytes, member: bytes, score: float) -> None:
+        keys = self.by_wake_key.get(wake_key)
+        if keys is None:
+            return
+        if member == b"r" or score <= self.state.clock.now_ms():
+            self.fetcher.hint(keys.queue)
+            return
+        current = self.timers.get(keys.queue)
+        if current is not None and current[0] <= score:
+            return
+        if current is not None:
+            current[1].cancel()
+        delay = self.state.clock.seconds_until(score)
+        handle = asyncio.get_running_loop().call_later(delay, self._due, keys)
+        self.timers[keys.queue] = (score, handle)
+
+    def _due(self, keys: QueueKeys) -> None:
+        self.timers.pop(keys.queue, None)
+        if self.state.stopping.is_set():
+            return
+        if self.state.slots.free > 0:
+            self.fetcher.hint(keys.queue)  # the fetch promotes the due jobs and takes them
+            return
+        # Busy here: move the due jobs to ready, so that idle workers wake up and take them.
+        task = asyncio.get_running_loop().create_task(self._promote(keys))
+        self.promotions.add(task)
+        task.add_done_callback(self.promotions.discard)
+
+    async def _promote(self, keys: QueueKeys) -> None:
+        try:
+            await self.driver.run(ops.promote(keys))
+        except (TaskForgeError, OSError) as exc:
+            # The next fetch or recovery run promotes them instead.
+            log.warning("promoting due jobs of %s failed: %s", keys.queue, exc)
+
+
+def group_by_slot(queue_keys: list[QueueKeys], cluster: bool) -> list[list[QueueKeys]]:
+    """Queues whose keys may be named in one blocking command (one hash slot on a cluster)."""
+    if not cluster:
+        return [queue_keys]
+    from redis.crc import key_slot
+
+    groups: dict[int, list[QueueKeys]] = {}
+    for keys in queue_keys:
+        groups.setdefault(key_slot(keys.wake.encode()), []).append(keys)
+    return list(groups.values())

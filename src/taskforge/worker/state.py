@@ -1,0 +1,123 @@
+"""State shared by the parts of one worker process: slots, leases, the Redis clock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..errors import ValidationError
+from ..redis.keys import QueueKeys, validate_queue_name
+from ..redis.operations import FetchedJob
+from .context import JobContext
+
+__all__ = ["Lease", "RedisClock", "Slots", "WorkerConfig", "WorkerState"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    queues: tuple[str, ...] = ("default",)
+    """In strict priority order: a queue is served only while those before it are empty."""
+    concurrency: int = 10
+    grace_seconds: float = 25.0
+    """On SIGTERM, how long in-flight jobs may run on before they are handed back."""
+    fetch_batch: int = 200
+    """Most jobs taken in one fetch (bounded by free slots)."""
+    recover_seconds: float = 5.0
+    registry_seconds: float = 10.0
+    worker_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ValidationError("a worker needs at least one queue")
+        for queue in self.queues:
+            validate_queue_name(queue)
+        if len(set(self.queues)) != len(self.queues):
+            raise ValidationError(f"queues listed twice: {', '.join(self.queues)}")
+        if not 1 <= self.concurrency <= 10000:
+            raise ValidationError(f"concurrency must be 1 to 10000, got {self.concurrency}")
+        if self.grace_seconds < 0:
+            raise ValidationError("grace_seconds cannot be negative")
+
+    def resolved_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Slots:
+    """How many more jobs this worker may run now."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._has_free = asyncio.Event()
+        self._has_free.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+    def take(self, count: int) -> None:
+        self.used += count
+        if self.used >= self.capacity:
+            self._has_free.clear()
+        if self.used:
+            self._idle.clear()
+
+    def give(self) -> None:
+        self.used -= 1
+        self._has_free.set()
+        if self.used == 0:
+            self._idle.set()
+
+    async def wait_free(self) -> None:
+        await self._has_free.wait()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class RedisClock:
+    """Redis's clock as seen from here: leases and due times are judged on it, never on ours."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0.0
+
+    def observe(self, redis_now_ms: int, sent_at: float, received_at: float) -> None:
+        # The server read its clock somewhere in the round trip; the midpoint is the best guess.
+        self.offset_ms = redis_now_ms - (sent_at + received_at) * 500.0
+
+    def now_ms(self) -> float:
+        return time.time() * 1000.0 + self.offset_ms
+
+    def seconds_until(self, redis_ms: float) -> float:
+        return max(0.0, (redis_ms - self.now_ms()) / 1000.0)
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """A job this worker holds, from fetch until its outcome is acknowledged by Redis."""
+
+    job: FetchedJob
+    keys: QueueKeys
+    ctx: JobContext | None = None
+    runner: asyncio.Task[None] | None = None
+    finished: bool = False
+    """The run is over and its outcome is waiting to be sent; the lease is still renewed."""
+
+
+@dataclass(slots=True)
+class WorkerState:
+    worker_id: str
+    config: WorkerConfig
+    slots: Slots
+    clock: RedisClock = field(default_factory=RedisClock)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    processed: int = 0
+    failed: int = 0
+    started_at: float = field(default_factory=time.time)
