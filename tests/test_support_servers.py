@@ -26,6 +26,7 @@ from tests.support.servers import (
     free_port,
     server_binary,
     server_kind,
+    tls_supported,
     wait_until,
 )
 
@@ -80,6 +81,16 @@ def test_aof_data_survives_kill_and_restart(aof_redis: RedisServer) -> None:
         assert client.get("after-restart") == b"1"
 
 
+def test_freeze_and_thaw(redis_factory: ServerFactory) -> None:
+    server = redis_factory()
+    with server.client(socket_timeout=0.3, retry=NO_RETRY) as client:
+        server.freeze()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        server.thaw()
+        assert client.ping()
+
+
 def test_failed_start_reports_the_log(redis_factory: ServerFactory) -> None:
     with pytest.raises(ServerStartError, match="no-such-directive"):
         redis_factory(config={"no-such-directive": "1"})
@@ -125,6 +136,21 @@ def test_tls_connection_with_ca(tls_redis: RedisServer, tls_material: TLSMateria
         pytest.raises(redis.ConnectionError),
     ):
         client.ping()
+
+
+def test_tls_client_certificate_required(
+    redis_factory: ServerFactory, tls_material: TLSMaterial
+) -> None:
+    if not tls_supported():
+        pytest.skip(f"the {server_kind()} server binary was built without TLS")
+    server = redis_factory(tls=tls_material, tls_auth_clients="yes")
+    with server.client() as client:  # connection_kwargs include the client certificate
+        assert client.ping()
+    anonymous = redis.Redis.from_url(
+        server.url, ssl_ca_certs=str(tls_material.ca_cert), socket_timeout=2, retry=NO_RETRY
+    )
+    with anonymous, pytest.raises(redis.ConnectionError):
+        anonymous.ping()
 
 
 # -- Sentinel -----------------------------------------------------------------------------------
