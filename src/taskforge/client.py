@@ -125,6 +125,12 @@ class TaskForge:
     async def run_async(self, flow: Flow[T]) -> T:
         return await self.async_driver().run_flow(flow)
 
+    def use_url(self, url: str) -> None:
+        """Point the app at another server; current connections are closed."""
+        self.close()
+        self._async = None
+        self.url = url
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()
@@ -323,6 +329,7 @@ class TaskForge:
         task: Task[Any, Any] | None = None,
         **options: Any,
     ) -> Job[Any]:
+        task = task or self.registry.find(name)
         keys = self._queue_for(name, queue, task)
         spec = self._spec(name, args, kwargs, task, **_enqueue_options(options))
         return self.run(self._enqueue_flow(keys, [spec]))[0]
@@ -337,6 +344,7 @@ class TaskForge:
         task: Task[Any, Any] | None = None,
         **options: Any,
     ) -> Job[Any]:
+        task = task or self.registry.find(name)
         keys = self._queue_for(name, queue, task)
         spec = self._spec(name, args, kwargs, task, **_enqueue_options(options))
         return (await self.run_async(self._enqueue_flow(keys, [spec])))[0]
@@ -349,6 +357,7 @@ class TaskForge:
         task: Task[Any, Any] | None,
         options: dict[str, Any],
     ) -> tuple[QueueKeys, list[JobSpec]]:
+        task = task or self.registry.find(name)
         keys = self._queue_for(name, queue, task)
         opts = _enqueue_options(options)
         if opts["key"] is not None or opts["job_id"] is not None:
