@@ -266,7 +266,9 @@ class TaskForge:
             id=job_id or new_job_id(),
             task=name,
             payload=payload,
-            priority=parse_priority(priority if priority is not None else (opts and opts.priority)),
+            priority=parse_priority(
+                priority if priority is not None else (opts.priority if opts else None)
+            ),
             max_attempts=attempts,
             timeout_ms=round(run_timeout * 1000) if run_timeout else 0,
             delay_ms=delay_ms,

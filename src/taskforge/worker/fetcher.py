@@ -21,7 +21,7 @@ from ..redis import operations as ops
 from ..redis.connection import BLOCK_SLICE_SECONDS
 from ..redis.driver import AsyncDriver
 from ..redis.keys import QueueKeys
-from ..redis.ops import command
+from ..redis.ops import Op, command
 from .backoff import Backoff
 from .state import Lease, WorkerState
 
@@ -124,7 +124,7 @@ class Waiter:
         state = self.state
         backoff = Backoff(log, "waiting for work")
         keys = [k.wake for k in self.group]
-        block = command("BZPOPMIN", *keys, BLOCK_SLICE_SECONDS, blocking=True)
+        block: Op[Any] = command("BZPOPMIN", *keys, BLOCK_SLICE_SECONDS, blocking=True)
         try:
             while not state.stopping.is_set():
                 # Without a free slot, leave the markers to workers that can take the work.

@@ -238,7 +238,7 @@ async def _wait_all_or(
     tasks: set[asyncio.Task[None]], hurry: asyncio.Future[Any], timeout: float
 ) -> None:
     """Wait until every task is done, ``hurry`` resolves, or ``timeout`` passes."""
-    pending = set(tasks)
+    pending: set[asyncio.Future[Any]] = set(tasks)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while pending and not hurry.done():
@@ -248,7 +248,7 @@ async def _wait_all_or(
         _, pending = await asyncio.wait(
             pending | {hurry}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
         )
-        pending.discard(hurry)  # type: ignore[arg-type]
+        pending.discard(hurry)
 
 
 def loop_task(coro: Any, name: str) -> asyncio.Task[Any]:
