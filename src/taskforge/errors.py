@@ -69,7 +69,7 @@ class LeaseLost(TaskForgeError):
     """This worker no longer holds the job's lease; another delivery owns it now."""
 
 
-class TimeoutError(TaskForgeError, builtins.TimeoutError):  # noqa: A001
+class TimeoutError(TaskForgeError, builtins.TimeoutError):
     """Waiting for a job, or running one, took longer than allowed."""
 
 

@@ -17,7 +17,9 @@ def _parse_json(text: str, what: str, kind: type) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise fail(f"--{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}")
+        raise fail(
+            f"--{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+        ) from exc
     if not isinstance(value, kind):
         raise fail(f"--{what} must be a JSON {'array' if kind is list else 'object'}")
     return value
