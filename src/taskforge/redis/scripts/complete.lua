@@ -14,10 +14,10 @@ for i = 0, n - 1 do
   local id, token, result = ARGV[o], ARGV[o + 1], ARGV[o + 2]
   local jk = base .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'token', 'key', 'waiters', 'task')
-  if f[1] ~= token or not redis.call('ZSCORE', K_ACTIVE, id) then
+  -- ZREM doubles as the "is it still active" check.
+  if f[1] ~= token or redis.call('ZREM', K_ACTIVE, id) == 0 then
     out[#out + 1] = 0
   else
-    redis.call('ZREM', K_ACTIVE, id)
     if result ~= '' then
       redis.call('HSET', jk, 'status', 'completed', 'finished', now, 'result', result)
     else

@@ -11,10 +11,9 @@ local now = now_ms()
 local jk = base .. 'job:' .. id
 local f = redis.call('HMGET', jk, 'token', 'attempt', 'max_attempts', 'cancel', 'key', 'waiters',
   'task')
-if f[1] ~= token or not redis.call('ZSCORE', K_ACTIVE, id) then
+if f[1] ~= token or redis.call('ZREM', K_ACTIVE, id) == 0 then
   return {now, 0}
 end
-redis.call('ZREM', K_ACTIVE, id)
 redis.call('HINCRBY', K_STATS, 'failed', 1)
 if f[4] == '1' then
   redis.call('HSET', jk, 'status', 'canceled', 'finished', now, 'error', err)

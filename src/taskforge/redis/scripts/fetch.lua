@@ -20,11 +20,12 @@ for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = base .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'task', 'payload', 'max_attempts', 'timeout', 'created',
-    'redeliveries', 'priority')
+    'redeliveries', 'priority', 'attempt', 'token')
   if f[1] then
-    local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
-    local token = redis.call('HINCRBY', jk, 'token', 1)
-    redis.call('HSET', jk, 'status', 'active', 'started', now, 'worker', worker)
+    local attempt = tonumber(f[8] or 0) + 1
+    local token = tonumber(f[9] or 0) + 1
+    redis.call('HSET', jk, 'status', 'active', 'started', now, 'worker', worker,
+      'attempt', attempt, 'token', token)
     redis.call('ZADD', K_ACTIVE, deadline, id)
     publish(channel, 'started', id, queue, f[1], now)
     taken = taken + 1
