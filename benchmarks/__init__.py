@@ -1,0 +1,1 @@
+"""TaskForge's benchmark harness: `python -m benchmarks` (see docs/benchmarks.md)."""

@@ -1,0 +1,311 @@
+"""`python -m benchmarks`: TaskForge and its peers, one private Redis, interleaved runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import ceilings, report
+from .metrics import summarize
+from .phases import PhaseError, Settings, SystemRun, versions
+from .redisctl import Harness, PrivateRedis
+from .systems import BENCH_DIR, PEERS, REPO_DIR, SYSTEMS
+from .venvs import ensure_venv, taskforge_python
+
+SMOKE_SYSTEMS = ("taskforge", "huey")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure TaskForge side by side with other Python Redis queues.",
+    )
+    p.add_argument(
+        "--systems",
+        help=f"comma-separated, from: {','.join(SYSTEMS)} (default: all; with --smoke: "
+        f"{','.join(SMOKE_SYSTEMS)})",
+    )
+    p.add_argument("--repeats", type=int, help="interleaved runs per system (default 3)")
+    p.add_argument("--jobs", type=int, help="jobs per enqueue/drain phase (default 20000)")
+    p.add_argument(
+        "--phase-seconds",
+        type=float,
+        help="time cap of one enqueue or drain phase; the rate is what was done by then "
+        "(default 4)",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny run: proves the harness works")
+    p.add_argument("--no-ceilings", action="store_true", help="skip redis-benchmark and bare loop")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results directory")
+    p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also write the tables into docs/benchmarks.md (between its markers)",
+    )
+    return p.parse_args(argv)
+
+
+def _settings(args: argparse.Namespace, log_dir: Path) -> tuple[Settings, int]:
+    if args.smoke:
+        s = Settings(
+            jobs=args.jobs or 300,
+            phase_seconds=args.phase_seconds or 2.0,
+            latency_samples=20,
+            delayed_jobs=5,
+            delay_range=(0.2, 0.6),
+            idle_seconds=1.0,
+            processes=os.cpu_count() or 2,
+            startup_timeout=30.0,
+            log_dir=log_dir,
+        )
+        return s, args.repeats or 1
+    s = Settings(
+        jobs=args.jobs or 20_000,
+        phase_seconds=args.phase_seconds or 4.0,
+        latency_samples=150,
+        delayed_jobs=40,
+        delay_range=(0.2, 1.2),
+        idle_seconds=3.0,
+        processes=os.cpu_count() or 2,
+        startup_timeout=60.0,
+        log_dir=log_dir,
+    )
+    return s, args.repeats or 3
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return done.stdout.decode().strip()
+    except OSError:
+        return ""
+
+
+def _pythons(names: list[str]) -> tuple[dict[str, Path], list[str]]:
+    """Each system's interpreter, building venvs on demand; TaskForge only when importable."""
+    found: dict[str, Path] = {}
+    skipped: list[str] = []
+    for name in names:
+        if name == "taskforge":
+            python = taskforge_python()
+            if python is None:
+                print("[skip] TaskForge: src/taskforge is not importable yet", file=sys.stderr)
+                skipped.append(name)
+                continue
+            found[name] = python
+        else:
+            found[name] = ensure_venv(name, SYSTEMS[name].requirements)
+    return found, skipped
+
+
+def _worker_log_errors(log_dir: Path, tag: str, name: str) -> dict[str, int]:
+    counts = {}
+    for log in sorted(log_dir.glob(f"{tag}-{name}-*.log")):
+        n = log.read_text(errors="replace").count("Traceback (most recent call last)")
+        if n:
+            counts[log.name] = n
+    return counts
+
+
+def _run_ceilings(
+    redis: PrivateRedis, harness: Harness, settings: Settings, smoke: bool, have_rb: bool
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    tools_python = Path(sys.executable)
+    harness.reset()
+    if have_rb:
+        for key, rps in ceilings.redis_benchmark(redis.port, 20_000 if smoke else 200_000).items():
+            out[f"redis-benchmark {key}"] = rps
+        harness.reset()
+    count = 2_000 if smoke else settings.jobs * 5
+    bare = ceilings.bare_redispy(tools_python, redis.url, count, settings.phase_seconds)
+    names = {
+        "push_single": "redis-py LPUSH one at a time",
+        "pop_single": "redis-py BRPOP one at a time",
+        "push_batched": f"redis-py LPUSH pipelined by {100}",
+        "pop_batched": "redis-py LMPOP 100 at a time",
+        "end_to_end": "redis-py end to end (pipelined LPUSH, BLMPOP consumer)",
+    }
+    for key, value in bare.items():
+        out[names.get(key, key)] = value
+    harness.reset()
+    return out
+
+
+def run(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started_at = time.monotonic()
+    if args.systems:
+        names = [n.strip().lower() for n in args.systems.split(",") if n.strip()]
+    else:
+        names = list(SMOKE_SYSTEMS if args.smoke else ("taskforge", *PEERS))
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        print(f"unknown systems: {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
+        return 2
+    out_dir: Path = args.out.resolve()
+    log_dir = out_dir / "tmp" / "logs"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings, repeats = _settings(args, log_dir)
+
+    pythons, skipped = _pythons(names)
+    names = [n for n in names if n in pythons]
+    have_rb = (not args.no_ceilings) and ceilings.ensure_redis_benchmark()
+
+    results: dict[str, Any] = {
+        "meta": {
+            "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": _machine(),
+            "python": platform.python_version(),
+            "commit": _git_commit(),
+            "repeats": repeats,
+            "smoke": args.smoke,
+            "skipped": skipped,
+            "settings": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()
+            },
+        },
+        "systems": {
+            n: {"label": SYSTEMS[n].label, "runs": [], "details": [], "errors": []} for n in names
+        },
+        "ceilings": {"runs": []},
+    }
+    failures = 0
+    with PrivateRedis() as redis:
+        harness = Harness(redis.url)
+        results["meta"]["redis_version"] = harness.info("server")["redis_version"]
+        for name in names:
+            sysm = SYSTEMS[name]
+            results["systems"][name]["versions"] = versions(
+                sysm,
+                pythons[name],
+                SystemRun(sysm, pythons[name], redis.url, harness, settings, "v").env(),
+            )
+        for rep in range(repeats):
+            order = names[rep % len(names) :] + names[: rep % len(names)] if names else []
+            if not args.no_ceilings:
+                print(f"[run {rep + 1}/{repeats}] ceilings", file=sys.stderr, flush=True)
+                try:
+                    results["ceilings"]["runs"].append(
+                        _run_ceilings(redis, harness, settings, args.smoke, have_rb)
+                    )
+                except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                    print(f"[error] ceilings: {exc}", file=sys.stderr)
+                    failures += 1
+            for name in order:
+                failures += _run_system(name, pythons[name], redis, harness, settings, rep, results)
+        harness.close()
+
+    for entry in results["systems"].values():
+        entry["summary"] = summarize(entry["runs"])
+    ceiling_runs = results["ceilings"]["runs"]
+    results["ceilings"]["summary"] = _summarize_ceilings(ceiling_runs)
+    results["meta"]["duration_s"] = round(time.monotonic() - started_at, 1)
+
+    paths = report.write_all(results, out_dir)
+    report.print_table(results)
+    if args.update_docs and report.update_docs(results, REPO_DIR / "docs" / "benchmarks.md"):
+        print("updated docs/benchmarks.md", file=sys.stderr)
+    print(
+        f"results: {paths['json']} (also latest.json, latest.md, latest.png); "
+        f"{results['meta']['duration_s']:.0f} s",
+        file=sys.stderr,
+    )
+    if failures:
+        print(f"{failures} run(s) failed: see the errors above and {log_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _summarize_ceilings(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    import statistics
+
+    keys = list(dict.fromkeys(k for run in runs for k in run))
+    out = {}
+    for key in keys:
+        values = [run[key] for run in runs if key in run]
+        out[key] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "n": len(values),
+        }
+    return out
+
+
+def _run_system(
+    name: str,
+    python: Path,
+    redis: PrivateRedis,
+    harness: Harness,
+    settings: Settings,
+    rep: int,
+    results: dict[str, Any],
+) -> int:
+    entry = results["systems"][name]
+    tag = f"run{rep + 1}"
+    print(f"[{tag}] {entry['label']}", file=sys.stderr, flush=True)
+    harness.reset()
+    runner = SystemRun(SYSTEMS[name], python, redis.url, harness, settings, tag)
+    t0 = time.monotonic()
+    failed = 0
+    try:
+        metrics = runner.run()
+        entry["runs"].append(metrics)
+    except (PhaseError, subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+        message = f"{tag}: {type(exc).__name__}: {exc}"
+        print(f"[error] {entry['label']} {message}", file=sys.stderr)
+        if not isinstance(exc, PhaseError):
+            traceback.print_exc()
+        entry["errors"].append(message.splitlines()[0])
+        failed = 1
+    runner.details["seconds"] = round(time.monotonic() - t0, 1)
+    log_errors = _worker_log_errors(settings.log_dir, tag, name)
+    if log_errors:
+        runner.details["tracebacks_in_logs"] = log_errors
+        print(f"[warn] {entry['label']}: tracebacks in logs {log_errors}", file=sys.stderr)
+    entry["details"].append(runner.details)
+    harness.reset()
+    return failed
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
