@@ -137,10 +137,15 @@ class TaskForge:
             self._sync = None
 
     async def aclose(self) -> None:
-        current, self._async = self._async, None
-        if current is not None and current[0] is asyncio.get_running_loop():
-            await current[1].close()
+        await self.close_async_connections()
         self.close()
+
+    async def close_async_connections(self) -> None:
+        """Close the asyncio clients of the running loop (a worker does so when it stops)."""
+        current = self._async
+        if current is not None and current[0] is asyncio.get_running_loop():
+            self._async = None
+            await current[1].close()
 
     def __enter__(self) -> TaskForge:
         return self

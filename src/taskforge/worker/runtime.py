@@ -211,6 +211,7 @@ class Worker:
                 await registry.unregister()
             await _cancel(background)
             threads.shutdown()
+            await forge.close_async_connections()
             log.info("worker %s stopped", self.worker_id)
 
     async def _finish_in_flight(self, executor: Executor) -> None:
