@@ -77,7 +77,8 @@ class TaskForge:
         self._known_queues: set[str] = set()
         self._lock = threading.Lock()
         self._sync: SyncDriver | None = None
-        self._async: tuple[asyncio.AbstractEventLoop, AsyncDriver] | None = None
+        # One driver per event loop: a worker thread and an async producer share the app.
+        self._async: dict[asyncio.AbstractEventLoop, AsyncDriver] = {}
 
     def __repr__(self) -> str:
         return f"<TaskForge prefix={self.settings.prefix!r} url={self.url!r}>"
@@ -108,16 +109,19 @@ class TaskForge:
     def async_driver(self) -> AsyncDriver:
         """The asyncio driver of the running loop (clients cannot cross event loops)."""
         loop = asyncio.get_running_loop()
-        current = self._async
-        if current is None or current[0] is not loop:
+        driver = self._async.get(loop)
+        if driver is None:
             s = self.settings
             client = connect_async(self.url, s.socket_timeout, s.connect_timeout)
             blocking = connect_async(
                 self.url, s.socket_timeout + BLOCK_SLICE_SECONDS, s.connect_timeout
             )
-            current = (loop, AsyncDriver(client, blocking, self.where))
-            self._async = current
-        return current[1]
+            driver = AsyncDriver(client, blocking, self.where)
+            with self._lock:  # other threads' loops may add theirs meanwhile
+                for gone in [other for other in self._async if other.is_closed()]:
+                    del self._async[gone]
+                self._async[loop] = driver
+        return driver
 
     def run(self, flow: Flow[T]) -> T:
         return self.sync_driver().run_flow(flow)
@@ -128,7 +132,7 @@ class TaskForge:
     def use_url(self, url: str) -> None:
         """Point the app at another server; current connections are closed."""
         self.close()
-        self._async = None
+        self._async = {}
         self.url = url
 
     def close(self) -> None:
@@ -142,10 +146,9 @@ class TaskForge:
 
     async def close_async_connections(self) -> None:
         """Close the asyncio clients of the running loop (a worker does so when it stops)."""
-        current = self._async
-        if current is not None and current[0] is asyncio.get_running_loop():
-            self._async = None
-            await current[1].close()
+        driver = self._async.pop(asyncio.get_running_loop(), None)
+        if driver is not None:
+            await driver.close()
 
     def __enter__(self) -> TaskForge:
         return self
