@@ -7,6 +7,7 @@ twice: a sync method and an ``_async`` twin that drive the same flow.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -251,19 +252,20 @@ class TaskForge:
             raise ValidationError("pass either delay= or at=, not both")
         delay_ms = at_ms = 0
         if delay is not None:
-            if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            if not _is_seconds(delay) or delay < 0:
                 raise ValidationError(f"delay must be non-negative seconds, got {delay!r}")
             delay_ms = round(delay * 1000)
         if at is not None:
             if not isinstance(at, datetime):
                 raise ValidationError(f"at= must be a datetime, got {type(at).__name__}")
             at_ms = max(1, round(at.timestamp() * 1000))
-        attempts = max_attempts or (opts.max_attempts if opts else None)
-        attempts = attempts or self.settings.default_max_attempts
-        if not isinstance(attempts, int) or attempts < 1:
+        attempts = max_attempts if max_attempts is not None else (opts and opts.max_attempts)
+        if attempts is None:
+            attempts = self.settings.default_max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValidationError(f"max_attempts must be a whole number >= 1, got {attempts!r}")
         run_timeout = timeout if timeout is not None else (opts.timeout if opts else None)
-        if run_timeout is not None and run_timeout <= 0:
+        if run_timeout is not None and (not _is_seconds(run_timeout) or run_timeout <= 0):
             raise ValidationError(f"timeout must be positive seconds, got {run_timeout!r}")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 512):
             raise ValidationError("key must be a non-empty string of at most 512 characters")
@@ -468,6 +470,11 @@ class TaskForge:
         from .inspector import Inspector
 
         return Inspector(self)
+
+
+def _is_seconds(value: object) -> bool:
+    """A finite real number (NaN and infinity cannot become milliseconds)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _enqueue_options(options: dict[str, Any]) -> dict[str, Any]:
