@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TaskForgeError
@@ -25,17 +24,28 @@ class JobContext:
     attempt: int
     max_attempts: int
     worker_id: str
-    logger: logging.LoggerAdapter[logging.Logger]
     token: str
     _report: Any = None  # callable(value) -> None, set by the worker
-    _cancel_event: threading.Event = field(default_factory=threading.Event)
+    _stop_requested: bool = False
+    _logger: logging.LoggerAdapter[logging.Logger] | None = None
     stop_reason: str | None = None
     """Why the run was asked to stop: 'canceled', 'lease-lost', 'shutdown' or 'timeout'."""
 
     @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry job_id, task and attempt (made on first use: most
+        jobs never log, and this is the hot path)."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                logging.getLogger(f"taskforge.task.{self.task}"),
+                {"job_id": self.job_id, "task": self.task, "attempt": self.attempt},
+            )
+        return self._logger
+
+    @property
     def cancel_requested(self) -> bool:
         """True once someone canceled the job. Long sync tasks should check it and return."""
-        return self._cancel_event.is_set()
+        return self._stop_requested
 
     def set_progress(self, value: Any) -> None:
         """Report progress (any JSON value, e.g. a fraction or {"done": 3, "total": 10})."""
@@ -43,8 +53,9 @@ class JobContext:
             self._report(value)
 
     def _request_stop(self, reason: str) -> None:
+        # A plain attribute is enough: threads only read it, and a bool store is atomic.
         self.stop_reason = self.stop_reason or reason
-        self._cancel_event.set()
+        self._stop_requested = True
 
 
 def current_job() -> JobContext:

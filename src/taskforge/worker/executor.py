@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Retry, SerializationError, UnknownTask
@@ -84,23 +84,21 @@ class Executor:
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             worker_id=self.state.worker_id,
-            logger=logging.LoggerAdapter(
-                logging.getLogger(f"taskforge.task.{job.task}"),
-                {"job_id": job.id, "task": job.task, "attempt": job.attempt},
-            ),
             token=job.token,
-            _report=lambda value: self.acker.progress(lease, value),
+            _report=partial(self.acker.progress, lease),
         )
         lease.ctx = ctx
         middleware = forge.middleware
-        started = time.perf_counter()
         token = bind(ctx)
         try:
             for mw in middleware:
                 await call_hook(mw.before, ctx)
             timeout = job.timeout_ms / 1000.0 if job.timeout_ms else None
             if task.is_async:
-                result = await self._run_async(task.fn, args, kwargs, timeout)
+                if timeout is None:
+                    result = await task.fn(*args, **kwargs)
+                else:
+                    result = await self._run_async(task.fn, args, kwargs, timeout)
             else:
                 result = await self._run_sync(ctx, task.fn, args, kwargs, timeout)
             for mw in middleware:
@@ -114,9 +112,6 @@ class Executor:
         finally:
             unbind(token)
         self.state.processed += 1
-        log.debug(
-            "job %s %s done in %.1f ms", job.id, job.task, (time.perf_counter() - started) * 1e3
-        )
         self.acker.complete(lease, encoded)
 
     async def _run_async(
