@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from ..errors import TaskForgeError
+from ..errors import TaskForgeError, ValidationError
 from ..logs import configure_logging
 from ._common import ensure_redis, fail, load_app
 
@@ -46,13 +46,34 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(Supervisor(child, processes, env).run())
         from ..worker import Worker, WorkerConfig
 
-        chosen = [q.strip() for q in queues.split(",") if q.strip()] or forge.registry.queues()
         try:
+            chosen, weights = _parse_queues(queues)
             config = WorkerConfig(
-                queues=tuple(chosen or ["default"]), concurrency=concurrency, grace_seconds=grace
+                queues=tuple(chosen or forge.registry.queues() or ["default"]),
+                concurrency=concurrency,
+                grace_seconds=grace,
+                weights=weights,
             )
             Worker(forge, config=config).run()
         except TaskForgeError as exc:
             raise fail(str(exc)) from exc
         except KeyboardInterrupt:
             sys.exit(130)
+
+
+def _parse_queues(text: str) -> tuple[list[str], tuple[int, ...] | None]:
+    names: list[str] = []
+    weights: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, weight = item.partition(":")
+        if weight and not weight.isdigit():
+            name, weight = item, ""  # a colon inside a queue name, not a weight
+        names.append(name)
+        weights.append(int(weight) if weight else 0)
+    if any(weights):
+        if not all(weights):
+            raise ValidationError("weight every queue or none, e.g. --queues emails:3,default:1")
+        return names, tuple(weights)
+    return names, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,10 +75,20 @@ class Fetcher:
             except (TaskForgeError, OSError) as exc:
                 await backoff.failed(exc, state.stopping)
 
+    def _order(self) -> list[QueueKeys]:
+        weights = self.state.config.weights
+        if weights is None:
+            return self.queue_keys
+        # Weighted sampling without replacement: a queue's chance to come first is its weight.
+        keyed = [
+            (random.random() ** (1.0 / w), k) for w, k in zip(weights, self.queue_keys, strict=True)
+        ]
+        return [k for _, k in sorted(keyed, key=lambda item: item[0], reverse=True)]
+
     async def _fetch_round(self) -> None:
-        """One pass in priority order; stops at the first queue that yields jobs."""
+        """One pass in priority (or weighted) order; stops at the first queue with jobs."""
         state = self.state
-        for keys in self.queue_keys:
+        for keys in self._order():
             if keys.queue not in self.maybe_ready:
                 continue
             want = min(state.slots.free, state.config.fetch_batch)

@@ -29,6 +29,9 @@ class WorkerConfig:
     recover_seconds: float = 5.0
     registry_seconds: float = 10.0
     worker_id: str = ""
+    weights: tuple[int, ...] | None = None
+    """Optional weight per queue: each fetch round then visits the queues in a random order
+    drawn by weight (so low-weight queues are never starved), instead of strict priority."""
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -41,6 +44,10 @@ class WorkerConfig:
             raise ValidationError(f"concurrency must be 1 to 10000, got {self.concurrency}")
         if self.grace_seconds < 0:
             raise ValidationError("grace_seconds cannot be negative")
+        if self.weights is not None and (
+            len(self.weights) != len(self.queues) or any(w < 1 for w in self.weights)
+        ):
+            raise ValidationError("give one positive whole-number weight per queue")
 
     def resolved_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
