@@ -9,7 +9,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Retry, SerializationError, UnknownTask
-from ..serialization import decode_payload, encode_error, encode_error_fields, encode_value
+from ..serialization import (
+    decode_payload,
+    encode_error,
+    encode_error_fields,
+    encode_value,
+    repr_or_type,
+)
 from .context import JobContext, bind, unbind
 from .middleware import call_hook
 from .state import Lease, WorkerState
@@ -26,6 +32,29 @@ log = logging.getLogger("taskforge.worker")
 
 class JobTimeout(Exception):
     """The run took longer than the task's timeout."""
+
+
+class _TaskExit(Exception):
+    """Carries a task's SystemExit/KeyboardInterrupt out of the task ``wait_for`` runs it in
+    (Python 3.11), where asyncio would re-raise it out of the event loop, stopping the worker."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(type(original).__name__)
+        self.original = original
+
+
+async def _guarded(coro: Any) -> Any:
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _TaskExit(exc) from None
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ raises must not break the failure path
+        return repr_or_type(exc)
 
 
 class Executor:
@@ -106,8 +135,11 @@ class Executor:
             encoded = b"" if result is None else encode_value(result)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            await self._failed(lease, ctx, task, exc)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A task's sys.exit() fails its job; it must not stop the worker's event loop.
+            await self._failed(
+                lease, ctx, task, exc.original if isinstance(exc, _TaskExit) else exc
+            )
             return
         finally:
             unbind(token)
@@ -120,7 +152,7 @@ class Executor:
         if timeout is None:
             return await fn(*args, **kwargs)
         try:
-            return await asyncio.wait_for(fn(*args, **kwargs), timeout)
+            return await asyncio.wait_for(_guarded(fn(*args, **kwargs)), timeout)
         except TimeoutError as exc:
             raise JobTimeout(f"the job ran longer than its timeout of {timeout:g} s") from exc
 
@@ -152,7 +184,7 @@ class Executor:
             ctx._request_stop(ctx.stop_reason or "shutdown")
             raise
 
-    async def _failed(self, lease: Lease, ctx: JobContext, task: Any, exc: Exception) -> None:
+    async def _failed(self, lease: Lease, ctx: JobContext, task: Any, exc: BaseException) -> None:
         job = lease.job
         self.state.failed += 1
         for mw in self.forge.middleware:
@@ -176,7 +208,7 @@ class Executor:
             job.attempt,
             job.max_attempts,
             type(exc).__name__,
-            exc,
+            _describe(exc),
             "" if final else f"; retrying in {delay:.2f} s",
         )
         delay_ms = None if delay is None else round(delay * 1000)
