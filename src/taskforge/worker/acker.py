@@ -118,6 +118,16 @@ class Acker:
             return False
 
     async def _send_once(self) -> None:
+        # Progress first: a job's last report arrives with (or just before) its outcome, and
+        # once the outcome is sent the lease is gone and the report would be dropped.
+        if self._progress:
+            pending, self._progress = self._progress, {}
+            for lease, value in pending.values():
+                job = lease.job
+                if job.id in self.state.leases:
+                    await self.driver.run(
+                        ops.progress(lease.keys, job.id, job.token, value, self.events)
+                    )
         if self._completions:
             await self._send_completions()
         if self._failures:
@@ -151,14 +161,6 @@ class Acker:
             except BaseException:
                 self._releases[:0] = [x for x in batch if x.job.id in self.state.leases]
                 raise
-        if self._progress:
-            pending, self._progress = self._progress, {}
-            for lease, value in pending.values():
-                job = lease.job
-                if job.id in self.state.leases:
-                    await self.driver.run(
-                        ops.progress(lease.keys, job.id, job.token, value, self.events)
-                    )
 
     async def _send_completions(self) -> None:
         by_queue: dict[str, list[tuple[Lease, bytes]]] = {}
