@@ -65,6 +65,7 @@ def test_round_trips_per_job_on_the_hot_path(forge: TaskForge, concurrency: int)
         wait_until(lambda: acker.pending == 0, timeout=10, what="acknowledgements sent")
         driver = worker.parts["fetcher"].driver
         per_job = driver.round_trips / jobs
+        print(f"concurrency {concurrency}: {per_job:.3f} round trips per job")
         redis_side = top_level_calls(admin) / jobs
     admin.close()
     # Target: <= 3 round trips per job. Batching makes a busy worker far cheaper than that.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,12 +49,30 @@ class Fetcher:
         self.events = events
         self.start = start
         self.maybe_ready: set[str] = {k.queue for k in queue_keys}
+        self.hints: dict[str, int] = dict.fromkeys(self.maybe_ready, 0)
+        """Hints per queue so far: a fetch that comes back short drops its queue from
+        maybe_ready only if no hint arrived while it was in flight (no lost wake-up)."""
         self.work_hint = asyncio.Event()
         self.work_hint.set()
+        self.drained = asyncio.Event()
+        """Set when a queue drops out of maybe_ready: waiters may need to listen again."""
+        self.rank = {k.queue: i for i, k in enumerate(queue_keys)}
         self.fetches = 0
+
+    def wants_wakeups(self, queues: list[str]) -> bool:
+        """Whether a wake-up for one of ``queues`` could change what this worker does next.
+
+        While the highest-priority queue is known to have work, markers tell us nothing new;
+        leaving them unpopped lets an idle worker elsewhere take them (and saves a round trip
+        per fetch). With weights every queue may come first, so all are wanted."""
+        if self.state.config.weights is not None:
+            return True
+        best = min((self.rank[q] for q in self.maybe_ready), default=len(self.rank))
+        return any(self.rank[q] < best for q in queues)
 
     def hint(self, queue: str) -> None:
         self.maybe_ready.add(queue)
+        self.hints[queue] = self.hints.get(queue, 0) + 1
         self.work_hint.set()
 
     async def run(self) -> None:
@@ -66,8 +83,9 @@ class Fetcher:
             if state.stopping.is_set():
                 return
             if not self.maybe_ready:
-                self.work_hint.clear()
                 await self.work_hint.wait()
+            self.work_hint.clear()
+            if not self.maybe_ready:
                 continue
             try:
                 await self._fetch_round()
@@ -94,14 +112,16 @@ class Fetcher:
             want = min(state.slots.free, state.config.fetch_batch)
             if want <= 0:
                 return
-            sent = time.time()
+            hints_before = self.hints.get(keys.queue, 0)
+            sent = state.clock.local()
             now_ms, jobs = await self.driver.run(
                 ops.fetch(keys, want, self.lease_ms, state.worker_id, self.events)
             )
-            state.clock.observe(now_ms, sent, time.time())
+            state.clock.observe(now_ms, sent, state.clock.local())
             self.fetches += 1
-            if len(jobs) < want:
+            if len(jobs) < want and self.hints.get(keys.queue, 0) == hints_before:
                 self.maybe_ready.discard(keys.queue)
+                self.drained.set()
             if jobs:
                 state.slots.take(len(jobs))
                 for job in jobs:
@@ -135,11 +155,18 @@ class Waiter:
         state = self.state
         backoff = Backoff(log, "waiting for work")
         keys = [k.wake for k in self.group]
+        queues = [k.queue for k in self.group]
+        fetcher = self.fetcher
         block: Op[Any] = command("BZPOPMIN", *keys, BLOCK_SLICE_SECONDS, blocking=True)
         try:
             while not state.stopping.is_set():
                 # Without a free slot, leave the markers to workers that can take the work.
                 await state.slots.wait_free()
+                if not fetcher.wants_wakeups(queues):
+                    fetcher.drained.clear()
+                    if not fetcher.wants_wakeups(queues):
+                        await fetcher.drained.wait()
+                    continue
                 try:
                     reply: Any = await self.driver.run(block)
                     self.pops += 1
@@ -165,7 +192,9 @@ class Waiter:
             return
         if current is not None:
             current[1].cancel()
-        delay = self.state.clock.seconds_until(score)
+        # A millisecond late rather than early: due times are whole ms on the Redis clock, and
+        # a timer that fires before Redis agrees only costs a fetch that finds nothing.
+        delay = self.state.clock.seconds_until(score) + 0.001
         handle = asyncio.get_running_loop().call_later(delay, self._due, keys)
         self.timers[keys.queue] = (score, handle)
 

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -113,11 +112,11 @@ class Registry:
         backoff = Backoff(log, "registering the worker", cap=self.interval)
         while not self.state.stopping.is_set():
             try:
-                sent = time.time()
+                sent = self.state.clock.local()
                 now = await self.driver.run(
                     ops.worker_beat(self.gkeys, self.state.worker_id, self.ttl_ms, self.info())
                 )
-                self.state.clock.observe(now, sent, time.time())
+                self.state.clock.observe(now, sent, self.state.clock.local())
                 backoff.ok()
             except (TaskForgeError, OSError) as exc:
                 await backoff.failed(exc, self.state.stopping)

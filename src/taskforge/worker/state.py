@@ -94,12 +94,17 @@ class RedisClock:
     def __init__(self) -> None:
         self.offset_ms = 0.0
 
+    @staticmethod
+    def local() -> float:
+        """This machine's clock; every reading that feeds ``observe`` must come from here."""
+        return time.time()
+
     def observe(self, redis_now_ms: int, sent_at: float, received_at: float) -> None:
         # The server read its clock somewhere in the round trip; the midpoint is the best guess.
         self.offset_ms = redis_now_ms - (sent_at + received_at) * 500.0
 
     def now_ms(self) -> float:
-        return time.time() * 1000.0 + self.offset_ms
+        return self.local() * 1000.0 + self.offset_ms
 
     def seconds_until(self, redis_ms: float) -> float:
         return max(0.0, (redis_ms - self.now_ms()) / 1000.0)
