@@ -14,6 +14,12 @@ from typing import Any, TypeVar
 from redis import exceptions as rex
 
 from ..errors import RedisUnavailable, TaskForgeError
+from .connection import (
+    SameConnection,
+    is_cluster_client,
+    run_same_connection_async,
+    run_same_connection_sync,
+)
 from .ops import Op
 
 __all__ = ["AsyncDriver", "Flow", "PermissionDenied", "SyncDriver", "translate_errors"]
@@ -73,7 +79,7 @@ def _queue_into(pipe: Any, op: Op[Any]) -> None:
 
 
 def _is_cluster(client: Any) -> bool:
-    return type(client).__name__ == "RedisCluster"
+    return is_cluster_client(client)
 
 
 class SyncDriver:
@@ -105,6 +111,11 @@ class SyncDriver:
 
     def run_all(self, ops: Sequence[Op[Any]]) -> list[Any]:
         """Run several operations, pipelined in one round trip where the topology allows."""
+        if isinstance(ops, SameConnection):
+            self.round_trips += 1
+            with translate_errors(self.where):
+                replies = run_same_connection_sync(self.client, ops)
+                return [op.parse(reply) for op, reply in zip(ops, replies, strict=True)]
         if self.is_cluster or len(ops) < 2:
             return [self.run(op) for op in ops]
         self.round_trips += 1
@@ -171,6 +182,11 @@ class AsyncDriver:
             return await client.eval(op.script.source, *args)
 
     async def run_all(self, ops: Sequence[Op[Any]]) -> list[Any]:
+        if isinstance(ops, SameConnection):
+            self.round_trips += 1
+            with translate_errors(self.where):
+                replies = await run_same_connection_async(self.client, ops)
+                return [op.parse(reply) for op, reply in zip(ops, replies, strict=True)]
         if self.is_cluster or len(ops) < 2:
             return [await self.run(op) for op in ops]
         self.round_trips += 1
