@@ -47,6 +47,13 @@ def translate_errors(where: str) -> Iterator[None]:
             f"cannot reach Redis at {where}: {exc}. Is the server running? Point"
             " TASKFORGE_REDIS_URL at it, or run `taskforge redis` to start a local one"
         ) from exc
+    except RuntimeError as exc:
+        # uvloop refuses a write on a transport the peer has reset with a RuntimeError rather
+        # than an OSError; redis-py has dropped that connection already, so it is a lost
+        # connection like any other (and the command was not sent).
+        if "handler is closed" not in str(exc):
+            raise
+        raise RedisUnavailable(f"lost the connection to Redis at {where}: {exc}") from exc
     except rex.NoPermissionError as exc:
         raise PermissionDenied(
             f"the Redis user lacks a permission TaskForge needs: {exc}. Grant the ACL from"
