@@ -91,6 +91,10 @@ class Settings:
             raise ConfigError("default_max_attempts must be at least 1")
         if self.wait_replicas < 0:
             raise ConfigError("wait_replicas cannot be negative")
+        if self.wait_timeout_ms < 1:
+            raise ConfigError(
+                "wait_timeout_ms must be at least 1 (0 would make WAIT block forever)"
+            )
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -123,6 +127,7 @@ class Settings:
             "TASKFORGE_MAX_REDELIVERIES": "max_redeliveries",
             "TASKFORGE_MAX_ATTEMPTS": "default_max_attempts",
             "TASKFORGE_WAIT_REPLICAS": "wait_replicas",
+            "TASKFORGE_WAIT_TIMEOUT_MS": "wait_timeout_ms",
         }
         for var, name in ints.items():
             ivalue = _env_int(env, var)

@@ -8,6 +8,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "DuplicateTaskError",
+    "DurabilityError",
     "JobCanceled",
     "JobDead",
     "JobFailed",
@@ -59,6 +60,18 @@ class JobNotFound(TaskForgeError, LookupError):
 
 class RedisUnavailable(TaskForgeError, ConnectionError):
     """Redis could not be reached after retrying."""
+
+
+class DurabilityError(TaskForgeError):
+    """An enqueue was written, but not confirmed by as many replicas (WAIT) or AOF fsyncs
+    (WAITAOF) as the settings require before the timeout. ``jobs`` are the handles of what was
+    written: enqueueing again with the same ``job_id`` is safe and creates nothing twice."""
+
+    def __init__(self, message: str, jobs: list[Any], replicas: int, local_fsynced: bool) -> None:
+        super().__init__(message)
+        self.jobs = jobs
+        self.replicas = replicas
+        self.local_fsynced = local_fsynced
 
 
 class ServerNotSupported(TaskForgeError):
