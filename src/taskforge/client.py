@@ -16,10 +16,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .config import DEFAULT_REDIS_URL, Settings
-from .errors import JobCanceled, JobDead, JobNotFound, TimeoutError, ValidationError
+from .errors import (
+    DurabilityError,
+    JobCanceled,
+    JobDead,
+    JobNotFound,
+    TimeoutError,
+    ValidationError,
+)
 from .job import JobRecord, JobSpec, JobStatus, new_job_id, parse_priority
 from .redis import operations as ops
-from .redis.connection import BLOCK_SLICE_SECONDS, connect_async, connect_sync
+from .redis.connection import BLOCK_SLICE_SECONDS, SameConnection, connect_async, connect_sync
 from .redis.driver import AsyncDriver, Flow, SyncDriver
 from .redis.keys import GlobalKeys, QueueKeys, validate_task_name
 from .redis.ops import command
@@ -76,6 +83,7 @@ class TaskForge:
         self.middleware: list[Middleware] = []
         self._queue_keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
+        self._aof_checked = False
         self._lock = threading.Lock()
         self._sync: SyncDriver | None = None
         # One driver per event loop: a worker thread and an async producer share the app.
@@ -298,31 +306,82 @@ class TaskForge:
         requests: list[Any] = [
             ops.enqueue(keys, specs[i : i + _BATCH], events) for i in range(0, len(specs), _BATCH)
         ]
+        if self.settings.wait_replicas or self.settings.wait_aof:
+            return (yield from self._durable_enqueue_flow(keys, requests))
         register = keys.queue not in self._known_queues
         if register:
             requests.insert(0, ops.register_queue(self.global_keys, keys.queue))
-        if self.settings.wait_replicas or self.settings.wait_aof:
-            requests.append(self._durability_op())
         replies = yield requests if len(requests) > 1 else requests[0]
         if len(requests) == 1:
             replies = [replies]
         if register:
             self._known_queues.add(keys.queue)
             replies = replies[1:]
+        return self._jobs_from(keys, replies)
+
+    def _jobs_from(self, keys: QueueKeys, replies: list[Any]) -> list[Job[Any]]:
         jobs: list[Job[Any]] = []
         for reply in replies:
-            if isinstance(reply, list):
-                jobs.extend(
-                    Job(self, out.id, keys.queue, created=out.created, initial_status=out.status)
-                    for out in reply
-                )
+            jobs.extend(
+                Job(self, out.id, keys.queue, created=out.created, initial_status=out.status)
+                for out in reply
+            )
         return jobs
 
-    def _durability_op(self) -> Any:
+    def _durable_enqueue_flow(self, keys: QueueKeys, requests: list[Any]) -> Flow[list[Job[Any]]]:
+        """Enqueue, then WAIT/WAITAOF on the same connection (on a cluster: a connection to the
+        master of the queue's slot), so the wait covers exactly these writes."""
         s = self.settings
+        if s.wait_aof and not self._aof_checked:
+            yield from self._check_waitaof_flow()
+            self._aof_checked = True
+        if keys.queue not in self._known_queues:
+            # The registry lives in another slot; it is rebuilt by workers, so it is not waited on.
+            yield ops.register_queue(self.global_keys, keys.queue)
+            self._known_queues.add(keys.queue)
         if s.wait_aof:
-            return command("WAITAOF", 1, s.wait_replicas, s.wait_timeout_ms)
-        return command("WAIT", s.wait_replicas, s.wait_timeout_ms)
+            wait = command("WAITAOF", 1, s.wait_replicas, s.wait_timeout_ms, parse=_waitaof_reply)
+        else:
+            wait = command("WAIT", s.wait_replicas, s.wait_timeout_ms, parse=lambda r: (0, int(r)))
+        *replies, (fsynced, replicas) = yield SameConnection([*requests, wait], keys.ready)
+        jobs = self._jobs_from(keys, replies)
+        short = replicas < s.wait_replicas or (s.wait_aof and fsynced < 1)
+        if short:
+            what = f"{replicas} of {s.wait_replicas} replica(s) acknowledged"
+            if s.wait_aof:
+                what = (
+                    f"the master {'fsynced' if fsynced else 'did not fsync'} its AOF and"
+                    f" {replicas} of {s.wait_replicas} replica(s) fsynced theirs"
+                )
+            raise DurabilityError(
+                f"{len(jobs)} job(s) were written to queue {keys.queue!r}, but {what} within"
+                f" {s.wait_timeout_ms} ms: a failover now could lose them. Enqueueing again with"
+                " the same job_id (exc.jobs) is safe; check the replicas"
+                " (INFO replication) if this persists",
+                jobs,
+                replicas,
+                bool(fsynced),
+            )
+        return jobs
+
+    def _check_waitaof_flow(self) -> Flow[None]:
+        """WAITAOF needs Redis >= 7.2 (or Valkey) with appendonly on: refuse before writing."""
+        from .errors import ConfigError, ServerNotSupported
+        from .inspector import server_version
+
+        server, persistence = yield [command("INFO", "server"), command("INFO", "persistence")]
+        kind, version = server_version(server if isinstance(server, dict) else {})
+        if kind == "redis" and version < (7, 2):
+            raise ServerNotSupported(
+                f"wait_aof needs WAITAOF, which Redis {'.'.join(map(str, version))} lacks"
+                " (Redis >= 7.2 or Valkey >= 7.2 has it). Upgrade the server, or unset"
+                " TASKFORGE_WAIT_AOF and rely on wait_replicas and appendfsync"
+            )
+        if isinstance(persistence, dict) and not int(persistence.get("aof_enabled", 1)):
+            raise ConfigError(
+                "wait_aof needs the server to run with `appendonly yes` (WAITAOF waits for an"
+                " AOF fsync); enable it, or unset TASKFORGE_WAIT_AOF"
+            )
 
     def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Enqueue a task by name; producers need not import the task's code."""
@@ -470,6 +529,11 @@ class TaskForge:
         from .inspector import Inspector
 
         return Inspector(self)
+
+
+def _waitaof_reply(reply: Any) -> tuple[int, int]:
+    """WAITAOF answers [local fsyncs (0 or 1), replicas that fsynced]."""
+    return int(reply[0]), int(reply[1])
 
 
 def _is_seconds(value: object) -> bool:
