@@ -44,7 +44,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--smoke", action="store_true", help="tiny run: proves the harness works")
     p.add_argument("--no-ceilings", action="store_true", help="skip redis-benchmark and bare loop")
-    p.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="results directory (default benchmarks/results; with --smoke "
+        "benchmarks/results/tmp/smoke, so a smoke run never replaces a full run's results)",
+    )
     p.add_argument(
         "--update-docs",
         action="store_true",
@@ -135,15 +140,6 @@ def _pythons(names: list[str]) -> tuple[dict[str, Path], list[str]]:
     return found, skipped
 
 
-def _worker_log_errors(log_dir: Path, tag: str, name: str) -> dict[str, int]:
-    counts = {}
-    for log in sorted(log_dir.glob(f"{tag}-{name}-*.log")):
-        n = log.read_text(errors="replace").count("Traceback (most recent call last)")
-        if n:
-            counts[log.name] = n
-    return counts
-
-
 def _run_ceilings(
     redis: PrivateRedis, harness: Harness, settings: Settings, smoke: bool, have_rb: bool
 ) -> dict[str, float]:
@@ -180,8 +176,9 @@ def run(argv: list[str]) -> int:
     if unknown:
         print(f"unknown systems: {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
         return 2
-    out_dir: Path = args.out.resolve()
-    log_dir = out_dir / "tmp" / "logs"
+    default_out = BENCH_DIR / "results" / ("tmp/smoke" if args.smoke else "")
+    out_dir: Path = (args.out or default_out).resolve()
+    log_dir = BENCH_DIR / "results" / "tmp" / ("logs-smoke" if args.smoke else "logs")
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     settings, repeats = _settings(args, log_dir)
@@ -197,6 +194,7 @@ def run(argv: list[str]) -> int:
             "python": platform.python_version(),
             "commit": _git_commit(),
             "repeats": repeats,
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
             "smoke": args.smoke,
             "skipped": skipped,
             "settings": {
@@ -239,6 +237,7 @@ def run(argv: list[str]) -> int:
     ceiling_runs = results["ceilings"]["runs"]
     results["ceilings"]["summary"] = _summarize_ceilings(ceiling_runs)
     results["meta"]["duration_s"] = round(time.monotonic() - started_at, 1)
+    results["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
 
     paths = report.write_all(results, out_dir)
     report.print_table(results)
@@ -298,10 +297,9 @@ def _run_system(
         entry["errors"].append(message.splitlines()[0])
         failed = 1
     runner.details["seconds"] = round(time.monotonic() - t0, 1)
-    log_errors = _worker_log_errors(settings.log_dir, tag, name)
-    if log_errors:
-        runner.details["tracebacks_in_logs"] = log_errors
-        print(f"[warn] {entry['label']}: tracebacks in logs {log_errors}", file=sys.stderr)
+    if runner.details.get("worker_tracebacks"):
+        found = runner.details["worker_tracebacks"]
+        print(f"[warn] {entry['label']}: worker logged tracebacks {found}", file=sys.stderr)
     entry["details"].append(runner.details)
     harness.reset()
     return failed

@@ -193,12 +193,18 @@ class SystemRun:
             "cpu_per_10k": (cpu_last - cpu_first) / max(jobs, 1) * 10_000,
         }
 
+    def _stop(self, worker: ManagedProcess, what: str) -> None:
+        worker.stop()
+        if worker.tracebacks:
+            self.details.setdefault("worker_tracebacks", {})[what] = worker.tracebacks
+
     def _run_drain(self, config: str, processes: int, expected: int) -> dict[str, Any]:
         worker = self.start_worker(config, processes)
+        what = f"drain {config} x{processes}"
         try:
-            return self.drain(worker, expected, f"drain {config} x{processes}")
+            return self.drain(worker, expected, what)
         finally:
-            worker.stop()
+            self._stop(worker, what)
 
     def run(self) -> dict[str, float]:
         """All phases; returns metric -> value (details go to self.details)."""
@@ -245,7 +251,7 @@ class SystemRun:
         try:
             m.update(self._live_phases(worker))
         finally:
-            worker.stop()
+            self._stop(worker, "live tuned x1")
         return m
 
     def _live_phases(self, worker: ManagedProcess) -> dict[str, float]:
@@ -255,6 +261,7 @@ class SystemRun:
             raise PhaseError(f"latency: worker never ran the warm-up job:\n{worker.tail()}")
         samples = self.h.latency_samples()
         self.details["pickup_samples"] = len(samples)
+        self.details["pickup_ms"] = sorted(round(v / 1e6, 3) for v in samples)
         m.update(_percentiles(samples, "pickup"))
         self.h.reset_keys()
 
@@ -270,6 +277,7 @@ class SystemRun:
             delayed = self.produce("delayed", self.s.delayed_jobs, 0)
             samples = self.h.latency_samples()
             self.details["delayed_samples"] = len(samples)
+            self.details["delayed_ms"] = sorted(round(v / 1e6, 1) for v in samples)
             self.details["delayed_sent"] = delayed.get("count")
             p = _percentiles(samples, "delay")
             m.update({k: v for k, v in p.items() if not k.endswith("_max")})

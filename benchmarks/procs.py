@@ -57,6 +57,9 @@ class ManagedProcess:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log
         self._log = log.open("ab")
+        self._log_start = self._log.tell()
+        # Tracebacks the process logged before it was asked to stop (set by stop()).
+        self.tracebacks = 0
         self.proc = subprocess.Popen(
             argv,
             env=env,
@@ -83,6 +86,7 @@ class ManagedProcess:
 
     def stop(self, grace: float = 8.0) -> None:
         """SIGTERM to the group, then SIGKILL to whatever of the group is left."""
+        self.tracebacks = self._count_tracebacks()
         if self.alive():
             self._signal_group(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -95,6 +99,15 @@ class ManagedProcess:
         while _group_alive(self.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._log.close()
+
+    def _count_tracebacks(self) -> int:
+        """Tracebacks in this process's part of the log, up to now (not its shutdown's)."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_start)
+                return f.read().count(b"Traceback (most recent call last)")
+        except OSError:
+            return 0
 
     def tail(self, lines: int = 20) -> str:
         try:

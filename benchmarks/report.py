@@ -100,6 +100,11 @@ def print_table(results: dict[str, Any]) -> None:
         console.print(ct)
 
 
+def _load(meta: dict[str, Any], when: str) -> str:
+    values = meta.get(f"load_average_{when}") or []
+    return "/".join(f"{v:.1f}" for v in values) or "?"
+
+
 def _direction(metric: Metric) -> str:
     return f"{metric.unit} {'↑' if metric.higher_is_better else '↓'}"
 
@@ -114,7 +119,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Redis {meta['redis_version']}, Python {meta['python']}; {meta['repeats']} interleaved "
         f"runs, up to {meta['settings']['jobs']:,} jobs per phase, "
         f"{meta['settings']['phase_seconds']:g} s per phase at most"
-        + (" (smoke run: too small to quote)." if meta["smoke"] else "."),
+        + (" (smoke run: too small to quote)." if meta["smoke"] else ".")
+        + f" Load average (1, 5, 15 min) at the start {_load(meta, 'start')}, at the end "
+        + f"{_load(meta, 'end')}: other work shared the machine when these are well above 0.",
         "",
         "### TaskForge against the best peer",
         "",
