@@ -58,6 +58,8 @@ class Fetcher:
         """Set when a queue drops out of maybe_ready: waiters may need to listen again."""
         self.rank = {k.queue: i for i, k in enumerate(queue_keys)}
         self.fetches = 0
+        self.unwatched = True
+        """A waiter stopped listening since the last look: wake-ups may be sitting unpopped."""
 
     def wants_wakeups(self, queues: list[str]) -> bool:
         """Whether a wake-up for one of ``queues`` could change what this worker does next.
@@ -112,6 +114,8 @@ class Fetcher:
             want = min(state.slots.free, state.config.fetch_batch)
             if want <= 0:
                 return
+            if await self._higher_queue_has_work(keys):
+                return  # the next round starts with it
             hints_before = self.hints.get(keys.queue, 0)
             sent = state.clock.local()
             now_ms, jobs = await self.driver.run(
@@ -129,6 +133,26 @@ class Fetcher:
                     state.leases[job.id] = lease
                     self.start(lease)
                 return
+
+    async def _higher_queue_has_work(self, keys: QueueKeys) -> bool:
+        """Strict priority: before serving a lower queue, look at the queues before it if
+        their wake-ups may have gone unseen (a waiter listens only while a slot is free, so a
+        job that arrived while all were busy is not hinted yet when a slot frees)."""
+        rank = self.rank[keys.queue]
+        if rank == 0 or self.state.config.weights is not None or not self.unwatched:
+            return False
+        self.unwatched = False
+        higher = self.queue_keys[:rank]
+        probes: list[Op[Any]] = []
+        for k in higher:
+            probes += [command("ZCARD", k.ready), command("HGET", k.meta, "paused")]
+        replies = await self.driver.run_all(probes)
+        found = False
+        for i, k in enumerate(higher):
+            if int(replies[2 * i]) and replies[2 * i + 1] not in (b"1", "1"):
+                self.hint(k.queue)
+                found = True
+        return found
 
 
 class Waiter:
@@ -161,8 +185,11 @@ class Waiter:
         try:
             while not state.stopping.is_set():
                 # Without a free slot, leave the markers to workers that can take the work.
-                await state.slots.wait_free()
+                if state.slots.free <= 0:
+                    fetcher.unwatched = True
+                    await state.slots.wait_free()
                 if not fetcher.wants_wakeups(queues):
+                    fetcher.unwatched = True
                     fetcher.drained.clear()
                     if not fetcher.wants_wakeups(queues):
                         await fetcher.drained.wait()
