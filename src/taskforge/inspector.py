@@ -6,6 +6,9 @@ form and an ``_async`` twin over the same flow.
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "STATES",
     "Inspector",
     "QueueStats",
+    "Throughput",
     "WorkerInfo",
     "check_server",
     "server_version",
@@ -93,6 +97,22 @@ class WorkerInfo:
     processed: int
     failed: int
     version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Jobs that finished in consecutive time buckets, oldest first, from the completed and dead
+    sets (so within their retention windows). ``start`` is the first bucket's start (s, Redis
+    clock); the last bucket ends now."""
+
+    queue: str
+    start: float
+    step_seconds: float
+    completed: list[int]
+    dead: list[int]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,6 +290,116 @@ class Inspector:
     async def resume_async(self, queue: str) -> None:
         await self.forge.run_async(_single(ops.pause(self.forge.keys(queue), False)))
 
+    # -- metrics and throughput --------------------------------------------------------------
+
+    def _task_metrics_flow(self, queues: list[str] | None) -> Flow[dict[str, dict[str, int]]]:
+        if queues is None:
+            queues = yield from self._queues_flow()
+        if not queues:
+            return {}
+        replies = yield [command("HGETALL", self.forge.keys(q).metrics) for q in queues]
+        return {
+            queue: {_s(k): int(v) for k, v in (raw or {}).items()}
+            for queue, raw in zip(queues, replies, strict=True)
+        }
+
+    def task_metrics(self, queues: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """The raw per-task metrics hash of each queue, summed over every worker of the fleet
+        (layout in ``taskforge.worker.metrics``)."""
+        return self.forge.run(self._task_metrics_flow(queues))
+
+    async def task_metrics_async(
+        self, queues: list[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        return await self.forge.run_async(self._task_metrics_flow(queues))
+
+    def _throughput_flow(
+        self, queues: list[str] | None, window_seconds: float, step_seconds: float
+    ) -> Flow[list[Throughput]]:
+        if not (0 < step_seconds <= window_seconds <= 7 * 24 * 3600):
+            raise ValidationError("throughput needs 0 < step <= window <= 7 days")
+        buckets = -(-round(window_seconds * 1000) // round(step_seconds * 1000))
+        if buckets > 1000:
+            raise ValidationError(f"{buckets} buckets is too many: use at most 1000 (a wider step)")
+        if queues is None:
+            queues = yield from self._queues_flow()
+        if not queues:
+            return []
+        now_s, now_us = yield command("TIME")
+        end = int(now_s) * 1000 + int(now_us) // 1000 + 1  # exclusive: includes this millisecond
+        step = round(step_seconds * 1000)
+        start = end - buckets * step
+        requests = []
+        for queue in queues:
+            k = self.forge.keys(queue)
+            for zset in (k.completed, k.dead):
+                requests += [
+                    command(
+                        "ZCOUNT", zset, start + i * step, f"({start + (i + 1) * step}", parse=int
+                    )
+                    for i in range(buckets)
+                ]
+        counts = yield requests
+        out = []
+        for n, queue in enumerate(queues):
+            row = counts[n * 2 * buckets : (n + 1) * 2 * buckets]
+            out.append(Throughput(queue, start / 1000, step / 1000, row[:buckets], row[buckets:]))
+        return out
+
+    def throughput(
+        self, queues: list[str] | None = None, window_seconds: float = 60, step_seconds: float = 60
+    ) -> list[Throughput]:
+        """Completed and dead-lettered jobs per time bucket over the last ``window_seconds``
+        (the default: one bucket, the last minute)."""
+        return self.forge.run(self._throughput_flow(queues, window_seconds, step_seconds))
+
+    async def throughput_async(
+        self, queues: list[str] | None = None, window_seconds: float = 60, step_seconds: float = 60
+    ) -> list[Throughput]:
+        return await self.forge.run_async(
+            self._throughput_flow(queues, window_seconds, step_seconds)
+        )
+
+    async def events_async(
+        self, queues: list[str] | None = None, job_id: str | None = None, idle_seconds: float = 15
+    ) -> AsyncGenerator[dict[str, Any] | None, None]:
+        """Job events as they are published ({"event", "id", "queue", "task", "ts"}), of the
+        given queues (default: all) and optionally one job. Pub/sub keeps nothing: only events
+        published while subscribed arrive. Yields None once subscribed, then after every
+        ``idle_seconds`` without an event, so that a caller can send keep-alives, keep time or
+        notice that its own client left. Uses a connection of its own, closed at the end."""
+        from .redis.connection import connect_async
+        from .redis.driver import translate_errors
+
+        for queue in queues or ():
+            validate_queue_name(queue)
+        s = self.forge.settings
+        client = connect_async(self.forge.url, s.socket_timeout, s.connect_timeout)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            with translate_errors(self.forge.where):
+                if queues:
+                    await pubsub.subscribe(*(self.forge.keys(q).channel for q in queues))
+                else:
+                    await pubsub.psubscribe(self.forge.global_keys.events_pattern)
+            yield None
+            while True:
+                with translate_errors(self.forge.where):
+                    message = await pubsub.get_message(timeout=idle_seconds)
+                if message is None:
+                    yield None
+                    continue
+                if message.get("type") not in ("message", "pmessage"):
+                    continue
+                try:
+                    event = json.loads(message["data"])
+                except (TypeError, ValueError):
+                    continue  # not ours
+                if job_id is None or event.get("id") == job_id:
+                    yield event
+        finally:
+            await asyncio.shield(_close_pubsub(pubsub, client))
+
     # -- workers and server ------------------------------------------------------------------
 
     def _workers_flow(self) -> Flow[list[WorkerInfo]]:
@@ -326,6 +456,13 @@ class Inspector:
 
     async def check_server_async(self) -> list[str]:
         return await self.forge.run_async(self._server_check_flow())
+
+
+async def _close_pubsub(pubsub: Any, client: Any) -> None:
+    try:
+        await pubsub.aclose()
+    finally:
+        await client.aclose()
 
 
 def _single(op: Any) -> Flow[Any]:

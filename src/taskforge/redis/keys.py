@@ -45,6 +45,7 @@ class QueueKeys:
         "completed",
         "dead",
         "meta",
+        "metrics",
         "queue",
         "ready",
         "scheduled",
@@ -64,6 +65,7 @@ class QueueKeys:
         self.wake = self.base + "wake"  # ZSET of wake-up markers workers block on
         self.meta = self.base + "meta"  # HASH: seq, paused
         self.stats = self.base + "stats"  # HASH: counters per event
+        self.metrics = self.base + "metrics"  # HASH: per-task counters, histogram buckets
         self.channel = f"{prefix}:events:{queue}"  # pub/sub channel of job events
         self.script_keys = (
             self.ready,

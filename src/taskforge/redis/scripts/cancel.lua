@@ -23,6 +23,7 @@ local now = now_ms()
 redis.call('HSET', jk, 'status', 'canceled', 'finished', now)
 retain(base, jk, f[2], ttl)
 redis.call('HINCRBY', K_STATS, 'canceled', 1)
+redis.call('HINCRBY', base .. 'metrics', 'canceled|' .. (f[4] or ''), 1)  -- no worker sees this
 notify_waiters(base, id, f[3])
 publish(channel, 'canceled', id, queue, f[4], now)
 return {1, 'canceled'}

@@ -6,10 +6,13 @@
 -- Returns: {now, id_1, created_1, status_1, ...}; created is 1 for a new job, 0 when the id or the
 --   idempotency key already names a live or retained job (then id and status are that job's).
 --   An enqueue retried after a lost reply finds its own id and creates nothing twice.
+-- Created jobs are also counted per task in the metrics hash (base .. 'metrics', field
+--   'enqueued|<task>'); workers add the rest of the per-task metrics (worker/metrics.py).
 local base, channel, queue, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local out = {now}
 local woke_ready = false
+local per_task = {}  -- jobs created per task name, for the per-task metrics hash
 for i = 0, n - 1 do
   local o = 5 + i * 9
   local id, task, payload, priority = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
@@ -57,6 +60,7 @@ for i = 0, n - 1 do
       redis.call('SET', base .. 'key:' .. key, id)
     end
     publish(channel, 'enqueued', id, queue, task, now)
+    per_task[task] = (per_task[task] or 0) + 1
     out[#out + 1] = id
     out[#out + 1] = 1
     out[#out + 1] = status
@@ -66,4 +70,7 @@ if woke_ready and redis.call('HGET', K_META, 'paused') ~= '1' then
   redis.call('ZADD', K_WAKE, 0, 'r')
 end
 redis.call('HINCRBY', K_STATS, 'enqueued', n)
+for task, count in pairs(per_task) do
+  redis.call('HINCRBY', base .. 'metrics', 'enqueued|' .. task, count)
+end
 return out

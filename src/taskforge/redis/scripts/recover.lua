@@ -6,6 +6,8 @@
 -- ARGV: 1 base, 2 channel, 3 queue, 4 max redeliveries, 5 limit, 6 dead retention ms,
 --       7 completed retention ms.
 -- Returns: {now, recovered, dead_lettered, promoted}.
+-- Poison dead-letters and cancellations here are counted per task in the metrics hash
+--   (base .. 'metrics'), since no worker reports them (worker/metrics.py counts the others).
 local base, channel, queue = ARGV[1], ARGV[2], ARGV[3]
 local max_redeliveries, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local dead_ttl, completed_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -27,6 +29,7 @@ for i = 1, #expired do
       redis.call('HSET', jk, 'status', 'canceled', 'finished', now)
       retain(base, jk, f[4], completed_ttl)
       redis.call('HINCRBY', K_STATS, 'canceled', 1)
+      redis.call('HINCRBY', base .. 'metrics', 'canceled|' .. (f[6] or ''), 1)
       notify_waiters(base, id, f[5])
       publish(channel, 'canceled', id, queue, f[6], now)
     elseif redeliveries > max_redeliveries then
@@ -36,6 +39,7 @@ for i = 1, #expired do
       retain(base, jk, f[4], dead_ttl)
       redis.call('ZADD', K_DEAD, now, id)
       redis.call('HINCRBY', K_STATS, 'dead', 1)
+      redis.call('HINCRBY', base .. 'metrics', 'dead|' .. (f[6] or ''), 1)
       notify_waiters(base, id, f[5])
       publish(channel, 'dead', id, queue, f[6], now)
       buried = buried + 1
