@@ -17,6 +17,7 @@ from .backoff import Backoff
 from .executor import Executor
 from .fetcher import Fetcher, Waiter, group_by_slot
 from .heartbeat import Heartbeat, Recoverer, Registry
+from .metrics import WorkerMetrics
 from .state import Slots, WorkerConfig, WorkerState
 from .threads import ThreadRunner
 
@@ -148,13 +149,15 @@ class Worker:
         threads = ThreadRunner()
         acker = Acker(state, driver, settings)
         executor = Executor(forge, state, acker, threads)
+        metrics = WorkerMetrics(state, driver, queue_keys)
+        acker.listeners.append(metrics.on_outcome)
         fetcher = Fetcher(
             state,
             driver,
             queue_keys,
             round(settings.lease_seconds * 1000),
             settings.publish_events,
-            executor.start,
+            metrics.starter(executor.start),
         )
         waiters = [
             Waiter(state, driver, group, fetcher)
@@ -174,6 +177,7 @@ class Worker:
             "registry": registry,
             "recoverer": recoverer,
             "threads": threads,
+            "metrics": metrics,
         }
         leases_done = asyncio.Event()
         intake = [loop_task(fetcher.run(), "fetcher")] + [
@@ -184,6 +188,7 @@ class Worker:
             loop_task(heartbeat.run(leases_done), "heartbeat"),
             loop_task(registry.run(), "registry"),
             loop_task(recoverer.run(), "recoverer"),
+            loop_task(metrics.run(), "metrics"),
         ]
         log.info(
             "worker %s started: queues %s, concurrency %d, %d tasks registered",
@@ -206,6 +211,7 @@ class Worker:
                     " their lease expires",
                     acker.pending,
                 )
+            await metrics.close()
             leases_done.set()
             with contextlib.suppress(TaskForgeError, OSError):
                 await registry.unregister()
