@@ -284,6 +284,26 @@ class AsyncFailoverCluster(AsyncRedisCluster):
                 await self.initialize()
 
 
+class SentinelManagedRedis(redis.Redis):
+    """A master client from Sentinel that also closes its connections to the Sentinels."""
+
+    def close(self) -> None:
+        super().close()
+        pool: Any = self.connection_pool  # a SentinelConnectionPool
+        for sentinel in pool.sentinel_manager.sentinels:
+            sentinel.close()
+
+
+class AsyncSentinelManagedRedis(aredis.Redis):
+    """The asyncio twin of ``SentinelManagedRedis``."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool: Any = self.connection_pool  # a SentinelConnectionPool
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
 # -- clients ------------------------------------------------------------------------------------
 
 
@@ -316,6 +336,7 @@ def connect_sync(url: str, socket_timeout: float, connect_timeout: float) -> Any
     )
     return sentinel.master_for(  # type: ignore[no-untyped-call]
         parsed.master_name,
+        redis_class=SentinelManagedRedis,
         db=parsed.db,
         retry=redis.retry.Retry(ExponentialBackoff(cap=_STEP_CAP, base=0.05), _SENTINEL_RETRIES),
         retry_on_error=errors,
@@ -353,6 +374,7 @@ def connect_async(url: str, socket_timeout: float, connect_timeout: float) -> An
     )
     return sentinel.master_for(
         parsed.master_name,
+        redis_class=AsyncSentinelManagedRedis,
         db=parsed.db,
         retry=aredis.retry.Retry(ExponentialBackoff(cap=_STEP_CAP, base=0.05), _SENTINEL_RETRIES),
         retry_on_error=errors,
