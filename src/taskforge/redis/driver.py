@@ -32,6 +32,15 @@ class PermissionDenied(TaskForgeError):
     """The Redis user lacks a permission TaskForge needs (ACL), or its credentials are wrong."""
 
 
+# Refusals by a server that cannot take writes for a while (no good replicas, demoted to a
+# replica, a failed background save, a long script, a cluster reconfiguring): the command did not
+# run, and the same call succeeds once the server recovers, so Redis is unavailable, not broken.
+# Raised as ResponseError, they would end the worker's retry loops for good. redis-py strips the
+# code from the errors it has a class for, and leaves it in the text of the others.
+_REFUSED_FOR_NOW = (rex.ReadOnlyError, rex.TryAgainError, rex.ClusterDownError)
+_REFUSED_FOR_NOW_CODES = ("NOREPLICAS", "MISCONF", "BUSY ")
+
+
 @contextmanager
 def translate_errors(where: str) -> Iterator[None]:
     """Turn redis-py errors into TaskForge errors whose messages say what to do."""
@@ -70,6 +79,11 @@ def translate_errors(where: str) -> Iterator[None]:
             raise TaskForgeError(
                 f"Redis is out of memory and refused the write: {text}. Raise maxmemory or"
                 " drain queues; nothing was written"
+            ) from exc
+        if isinstance(exc, _REFUSED_FOR_NOW) or text.startswith(_REFUSED_FOR_NOW_CODES):
+            raise RedisUnavailable(
+                f"Redis at {where} cannot take writes now: {text}. Nothing was written; the"
+                " call succeeds once the server accepts writes again"
             ) from exc
         raise
 
