@@ -270,6 +270,12 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        # Ask again while any is left: on Python 3.11, asyncio.wait_for swallows a cancel that
+        # lands as its inner future completes, and redis-py awaits its socket drain that way,
+        # so one cancel can leave a waiter in its blocking pop for a whole slice (10 s).
+        _, pending = await asyncio.wait(pending, timeout=0.1)
     await asyncio.gather(*tasks, return_exceptions=True)
