@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from redis import exceptions as rex
 
 from ..errors import RedisUnavailable, TaskForgeError
+from .acl import explain_denial
 from .connection import (
     SameConnection,
     is_cluster_client,
@@ -65,16 +66,15 @@ def translate_errors(where: str) -> Iterator[None]:
         raise RedisUnavailable(f"lost the connection to Redis at {where}: {exc}") from exc
     except rex.NoPermissionError as exc:
         raise PermissionDenied(
-            f"the Redis user lacks a permission TaskForge needs: {exc}. Grant the ACL from"
+            explain_denial(str(exc))
+            or f"the Redis user lacks a permission TaskForge needs: {exc}. Grant the ACL from"
             " docs/deployment.md (commands and the prefix's key pattern)"
         ) from exc
     except rex.ResponseError as exc:
         text = str(exc)
-        if text.startswith("NOPERM") or "NOPERM" in text[:80]:
-            raise PermissionDenied(
-                f"the Redis user lacks a permission TaskForge needs: {text}. Grant the ACL from"
-                " docs/deployment.md"
-            ) from exc
+        # Refusals inside scripts come without the NOPERM code; explain_denial names the command.
+        if (hint := explain_denial(text)) is not None:
+            raise PermissionDenied(hint) from exc
         if text.startswith("OOM"):
             raise TaskForgeError(
                 f"Redis is out of memory and refused the write: {text}. Raise maxmemory or"
