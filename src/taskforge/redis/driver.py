@@ -75,7 +75,7 @@ def translate_errors(where: str) -> Iterator[None]:
         # Refusals inside scripts come without the NOPERM code; explain_denial names the command.
         if (hint := explain_denial(text)) is not None:
             raise PermissionDenied(hint) from exc
-        if text.startswith("OOM"):
+        if isinstance(exc, rex.OutOfMemoryError) or text.startswith("OOM"):
             raise TaskForgeError(
                 f"Redis is out of memory and refused the write: {text}. Raise maxmemory or"
                 " drain queues; nothing was written"
