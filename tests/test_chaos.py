@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskforge import RedisUnavailable, TaskForge
+from taskforge import RedisUnavailable, TaskForge, TaskForgeError
+from tests.conftest import ServerFactory
 from tests.support.chaos import (
     QUEUE,
     KillSnapshot,
@@ -137,6 +138,66 @@ def test_worker_and_producer_ride_out_a_redis_restart(
             assert _settled(report.counts) == CLEAN, report
             # The script cache was empty after the restart: EVALSHA failed and EVAL took over.
             assert noscript > 0 and evals > 0, (noscript, evals)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        ("min-replicas-to-write", "1", "0", "NOREPLICAS"),
+        ("replicaof", "127.0.0.1 1", "no one", "read only replica"),
+        ("maxmemory", "1", "0", "out of memory"),
+    ],
+    ids=["NOREPLICAS", "READONLY", "OOM"],
+)
+def test_worker_survives_a_spell_of_refused_writes(
+    redis_factory: ServerFactory,
+    redis_url: str,
+    tmp_path: Path,
+    refusal: tuple[str, str, str, str],
+) -> None:
+    """The server refuses writes for a while (a master that lost its replicas with
+    min-replicas-to-write set; a master demoted to a replica of a node that is not there; out of
+    memory): producers get a clear error, the worker waits it out and carries on. The ledger is
+    kept on another server, whose writes are not refused."""
+    server = redis_factory(name="refusing")
+    setting, refuse, allow, refused = refusal
+    with TaskForge(server.url) as forge, redis.Redis.from_url(redis_url) as ledger:
+        client = server.client()
+        rng = random.Random(8)
+        ids = _enqueue_work(forge, [rng.randint(50, 100) for _ in range(150)])
+        with WorkerProcess(
+            server.url, tmp_path, name="worker", concurrency=10, lease=10, record_url=redis_url
+        ) as worker:
+            worker.start()
+            wait_until(
+                lambda: queue_counts(client)["completed"] >= 30,
+                30,
+                "30 completions",
+                details=worker.log_tail,
+            )
+            _configure(client, setting, refuse)
+            with pytest.raises(TaskForgeError) as refusal_error:
+                forge.enqueue_with("work", [1], queue=QUEUE)
+            assert refused in str(refusal_error.value), refusal_error.value
+            wait_until(
+                lambda: refused in worker.log(), 10, "the worker to be refused", interval=0.05
+            )
+            _configure(client, setting, allow)
+            wait_all_completed(client, ids, 60, [worker], ledger_client=ledger)
+            report = run_report(client, ids, ledger_client=ledger)
+            print(
+                f"\n{setting} {refuse} ({refused}): {report}; {_redelivered(client, ids)} redelivered"
+            )
+            assert report.ok, report
+            assert _settled(report.counts) == CLEAN, report
+            assert "crashed" not in worker.log(), worker.log_tail()
+
+
+def _configure(client: redis.Redis, setting: str, value: str) -> None:
+    if setting == "replicaof":
+        client.execute_command("REPLICAOF", *value.split())
+    else:
+        client.config_set(setting, value)
 
 
 # -- network faults -------------------------------------------------------------------------

@@ -369,9 +369,12 @@ def run_report(
     job_ids: Sequence[str],
     expected: Mapping[str, int] | None = None,
     queue: str = QUEUE,
+    *,
+    ledger_client: redis.Redis | None = None,
 ) -> RunReport:
-    """Compare what happened to what must have happened; `expected` defaults to once each."""
-    ledger = Ledger.read(client)
+    """Compare what happened to what must have happened; `expected` defaults to once each.
+    The ledger is read from `ledger_client` when the tasks record on another server."""
+    ledger = Ledger.read(ledger_client or client)
     records = job_records(client, job_ids, queue)
     lost = [i for i in job_ids if records[i].get("status") != "completed"]
     want = expected if expected is not None else dict.fromkeys(job_ids, 1)
@@ -390,6 +393,8 @@ def wait_all_completed(
     timeout: float,
     workers: Sequence[WorkerProcess] = (),
     queue: str = QUEUE,
+    *,
+    ledger_client: redis.Redis | None = None,
 ) -> None:
     """Until every one of `job_ids` is completed (polled on the completed set's size first)."""
     target = set(job_ids)
@@ -401,7 +406,7 @@ def wait_all_completed(
         return all(r.get("status") == "completed" for r in records.values())
 
     def details() -> str:
-        report = run_report(client, job_ids, queue=queue)
+        report = run_report(client, job_ids, queue=queue, ledger_client=ledger_client)
         return f"{report}\n" + "\n".join(w.log_tail() for w in workers)
 
     wait_until(done, timeout, f"{len(target)} jobs to complete", interval=0.05, details=details)
