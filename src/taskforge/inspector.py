@@ -278,6 +278,73 @@ class Inspector:
     def purge_dead(self, queue: str, ids: list[str] | None = None) -> int:
         return self.purge(queue, "dead", ids)
 
+    def _dead_where_flow(
+        self, action: str, queue: str | None, task: str | None, ids: list[str] | None
+    ) -> Flow[int]:
+        """Requeue or purge every dead job that matches: of ``queue`` (default: all queues),
+        of ``task``, among ``ids``. Loops until done, 1,000 jobs per script call."""
+        queues = [validate_queue_name(queue)] if queue else (yield from self._queues_flow())
+        events = self.forge.settings.publish_events
+        total = 0
+        for q in queues:
+            k = self.forge.keys(q)
+            chosen = list(ids) if ids is not None else None
+            if chosen is None and task:
+                members = yield command("ZRANGE", k.dead, 0, -1)
+                chosen = [_s(m) for m in members]
+            if chosen is not None and task:
+                for i in range(0, len(chosen), 1000):
+                    batch = chosen[i : i + 1000]
+                    tasks = yield [command("HGET", k.job(j), "task") for j in batch]
+                    chosen[i : i + 1000] = [
+                        j
+                        for j, t in zip(batch, tasks, strict=True)
+                        if t is not None and _s(t) == task
+                    ]
+            if chosen is None:  # everything dead in the queue
+                while True:
+                    op = (
+                        ops.requeue_dead(k, [], events)
+                        if action == "requeue"
+                        else ops.purge(k, "dead")
+                    )
+                    done = yield op
+                    total += done
+                    if done == 0:
+                        break
+                continue
+            for i in range(0, len(chosen), 1000):
+                batch = chosen[i : i + 1000]
+                op = (
+                    ops.requeue_dead(k, batch, events)
+                    if action == "requeue"
+                    else ops.purge(k, "dead", batch)
+                )
+                total += yield op
+        return total
+
+    def requeue_dead_where(
+        self, queue: str | None = None, task: str | None = None, ids: list[str] | None = None
+    ) -> int:
+        """Requeue all dead jobs that match (any queue, any task, any id by default)."""
+        return self.forge.run(self._dead_where_flow("requeue", queue, task, ids))
+
+    async def requeue_dead_where_async(
+        self, queue: str | None = None, task: str | None = None, ids: list[str] | None = None
+    ) -> int:
+        return await self.forge.run_async(self._dead_where_flow("requeue", queue, task, ids))
+
+    def purge_dead_where(
+        self, queue: str | None = None, task: str | None = None, ids: list[str] | None = None
+    ) -> int:
+        """Delete all dead jobs that match (any queue, any task, any id by default)."""
+        return self.forge.run(self._dead_where_flow("purge", queue, task, ids))
+
+    async def purge_dead_where_async(
+        self, queue: str | None = None, task: str | None = None, ids: list[str] | None = None
+    ) -> int:
+        return await self.forge.run_async(self._dead_where_flow("purge", queue, task, ids))
+
     def pause(self, queue: str) -> None:
         self.forge.run(_single(ops.pause(self.forge.keys(queue), True)))
 
