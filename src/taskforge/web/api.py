@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .. import metrics as fleet_metrics
-from ..errors import JobNotFound, RedisUnavailable, ValidationError
+from ..errors import RedisUnavailable, ValidationError
 from ..inspector import QueueStats, WorkerInfo
 from ..job import JobRecord, parse_priority
 from ..redis.keys import validate_queue_name, validate_task_name
@@ -379,16 +379,6 @@ async def list_dead(call: Call) -> Response:
     return reply(m.JobPage(jobs=jobs, total=sum(s.dead for s in stats), next_cursor=next_cursor))
 
 
-async def _dead_ids(call: Call, stats: QueueStats, task: str) -> list[str]:
-    ids: list[str] = []
-    offset = 0
-    while offset < stats.dead:
-        records = await call.inspector.jobs_async(stats.queue, "dead", offset, 1000)
-        ids += [r.id for r in records if r.task == task]
-        offset += 1000
-    return ids
-
-
 async def requeue_dead_job(call: Call) -> Response:
     job = await _job(call, call.path["job_id"], call.query.queue)
     if not await call.inspector.requeue_dead_async(job.queue, [job.id]):
@@ -405,51 +395,20 @@ async def delete_dead_job(call: Call) -> Response:
     return reply(m.DeleteResponse(deleted=1))
 
 
-async def _each_dead_batch(call: Call, req: m.DeadFilter) -> AsyncIterator[tuple[str, list[str]]]:
-    """(queue, ids) batches the filter selects; ids empty = "all dead jobs of the queue"."""
-    for stats in await _dead_queues(call, req.queue):
-        if req.ids is not None:
-            if req.ids:
-                yield stats.queue, list(req.ids)
-        elif req.task is not None:
-            ids = await _dead_ids(call, stats, req.task)
-            for i in range(0, len(ids), 1000):
-                yield stats.queue, ids[i : i + 1000]
-        elif stats.dead:
-            yield stats.queue, []
-
-
 async def requeue_dead(call: Call) -> Response:
     req: m.DeadFilter = call.body
-    total = 0
-    async for queue, ids in _each_dead_batch(call, req):
-        if ids:
-            total += await call.inspector.requeue_dead_async(queue, ids, req.task)
-            continue
-        while moved := await call.inspector.requeue_dead_async(queue):  # up to 1,000 a call
-            total += moved
-    return reply(m.RequeueResponse(requeued=total))
+    if req.queue is not None:
+        await _known_queue(call, req.queue)
+    moved = await call.inspector.requeue_dead_where_async(req.queue, req.task, req.ids)
+    return reply(m.RequeueResponse(requeued=moved))
 
 
 async def purge_dead(call: Call) -> Response:
     req: m.DeadFilter = call.body
-    total = 0
-    async for queue, ids in _each_dead_batch(call, req):
-        if ids and req.task is not None and req.ids is not None:
-            # Only the given ids that belong to the task.
-            records = [await _record_or_none(call, queue, i) for i in ids]
-            ids = [r.id for r in records if r is not None and r.task == req.task]
-            if not ids:
-                continue
-        total += await call.inspector.purge_async(queue, "dead", ids or None)
-    return reply(m.DeleteResponse(deleted=total))
-
-
-async def _record_or_none(call: Call, queue: str, job_id: str) -> JobRecord | None:
-    try:
-        return await (await call.forge.job_async(job_id, queue)).info_async()
-    except JobNotFound:
-        return None
+    if req.queue is not None:
+        await _known_queue(call, req.queue)
+    deleted = await call.inspector.purge_dead_where_async(req.queue, req.task, req.ids)
+    return reply(m.DeleteResponse(deleted=deleted))
 
 
 # -- workers, throughput, events --------------------------------------------------------------
