@@ -73,9 +73,12 @@ class TaskForge:
         if settings is None:
             settings = Settings.from_env(redis_url=url, prefix=prefix, **overrides)
         elif url or prefix or overrides:
-            settings = settings.with_changes(
-                **{k: v for k, v in dict(redis_url=url, prefix=prefix, **overrides).items() if v}
-            )
+            changes = dict(overrides)
+            if url:
+                changes["redis_url"] = url
+            if prefix:
+                changes["prefix"] = prefix
+            settings = settings.with_changes(**changes)
         self.settings = settings
         self.url = resolve_url(settings)
         self.registry = TaskRegistry()

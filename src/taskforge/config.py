@@ -44,7 +44,8 @@ class Settings:
     """Everything TaskForge can be configured with. Validated when built."""
 
     redis_url: str | None = None
-    """None means: TASKFORGE_REDIS_URL, else localhost:6379, else the embedded server."""
+    """None means: TASKFORGE_REDIS_URL, else a running embedded server (./.taskforge), else
+    localhost:6379."""
     prefix: str = "taskforge"
     lease_seconds: float = 30.0
     """How long a fetched job stays leased without a heartbeat before another worker may take it."""

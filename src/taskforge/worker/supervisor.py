@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 __all__ = ["Supervisor"]
@@ -27,11 +28,13 @@ class Supervisor:
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.restarts = 0
+        self.started_at: dict[int, float] = {}
         self._exits: queue.Queue[tuple[int, int] | None] = queue.Queue()
 
     def _spawn(self, slot: int) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "taskforge", *self.child_args], env=self.env)
         self.children[slot] = proc
+        self.started_at[slot] = time.monotonic()
         # A thread per child turns its exit into an event for the main loop: no polling.
         threading.Thread(target=lambda: self._exits.put((slot, proc.wait())), daemon=True).start()
         log.info("started worker process %d (pid %d)", slot, proc.pid)
@@ -59,6 +62,8 @@ class Supervisor:
             if event is None or self.stopping:
                 break
             slot, code = event
+            if time.monotonic() - self.started_at.get(slot, 0.0) > 60:
+                delay[slot] = 0.5  # it ran fine for a while: this is a new crash, not a loop
             log.warning(
                 "worker process %d exited with %s; restarting in %.1f s", slot, code, delay[slot]
             )

@@ -2,7 +2,8 @@
 -- KEYS: the queue's standard vector (see _prelude.lua).
 -- ARGV: 1 base, 2 channel, 3 queue, 4 retention ms, 5 count n,
 --       then 3 per job: id, token, result JSON ('' = None, nothing stored).
--- Returns: {now, ok_1, ..., ok_n}; ok is 1, or 0 when the token no longer matches or the job is
+-- Returns: {now, ok_1, ..., ok_n}; ok is 1 (also for a resend of a completion that already
+--   landed), or 0 when the token no longer matches or the job is
 --   not active (the lease expired and the job went to another worker): that result is dropped.
 local base, channel, queue = ARGV[1], ARGV[2], ARGV[3]
 local ttl, n = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -13,9 +14,11 @@ for i = 0, n - 1 do
   local o = 6 + i * 3
   local id, token, result = ARGV[o], ARGV[o + 1], ARGV[o + 2]
   local jk = base .. 'job:' .. id
-  local f = redis.call('HMGET', jk, 'token', 'key', 'waiters', 'task')
+  local f = redis.call('HMGET', jk, 'token', 'key', 'waiters', 'task', 'status')
   -- ZREM doubles as the "is it still active" check.
-  if f[1] ~= token or redis.call('ZREM', K_ACTIVE, id) == 0 then
+  if f[1] == token and f[5] == 'completed' then
+    out[#out + 1] = 1  -- this very completion, resent after its reply was lost
+  elseif f[1] ~= token or redis.call('ZREM', K_ACTIVE, id) == 0 then
     out[#out + 1] = 0
   else
     if result ~= '' then

@@ -13,6 +13,7 @@ local now = now_ms()
 local out = {now}
 local woke_ready = false
 local per_task = {}  -- jobs created per task name, for the per-task metrics hash
+local created = 0
 for i = 0, n - 1 do
   local o = 5 + i * 9
   local id, task, payload, priority = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
@@ -61,6 +62,7 @@ for i = 0, n - 1 do
     end
     publish(channel, 'enqueued', id, queue, task, now)
     per_task[task] = (per_task[task] or 0) + 1
+    created = created + 1
     out[#out + 1] = id
     out[#out + 1] = 1
     out[#out + 1] = status
@@ -69,7 +71,9 @@ end
 if woke_ready and redis.call('HGET', K_META, 'paused') ~= '1' then
   redis.call('ZADD', K_WAKE, 0, 'r')
 end
-redis.call('HINCRBY', K_STATS, 'enqueued', n)
+if created > 0 then
+  redis.call('HINCRBY', K_STATS, 'enqueued', created)
+end
 for task, count in pairs(per_task) do
   redis.call('HINCRBY', base .. 'metrics', 'enqueued|' .. task, count)
 end
