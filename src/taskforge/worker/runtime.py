@@ -55,6 +55,7 @@ class Worker:
         self._hurry: asyncio.Event | None = None
         self.state: WorkerState | None = None
         self.parts: dict[str, Any] = {}
+        self._crashed: asyncio.Task[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id} queues={','.join(self.config.queues)}>"
@@ -190,6 +191,11 @@ class Worker:
             loop_task(recoverer.run(), "recoverer"),
             loop_task(metrics.run(), "metrics"),
         ]
+        # Without one of these a worker would stay up doing nothing while its heartbeat renews
+        # the leases of jobs it will never finish: a crash of one stops the whole worker instead.
+        for part in intake + background:
+            if part.get_name() not in ("taskforge-registry", "taskforge-metrics"):
+                part.add_done_callback(self._part_ended)
         log.info(
             "worker %s started: queues %s, concurrency %d, %d tasks registered",
             self.worker_id,
@@ -205,7 +211,8 @@ class Worker:
             state.stopping.set()
             await _cancel(intake)
             await self._finish_in_flight(executor)
-            if not await acker.drain(timeout=10.0):
+            acker_alive = not background[0].done()  # a crashed acker reports nothing more
+            if not await acker.drain(timeout=10.0 if acker_alive else 0.0):
                 log.error(
                     "could not report %d outcome(s) to Redis; those jobs will run again after"
                     " their lease expires",
@@ -219,6 +226,20 @@ class Worker:
             threads.shutdown()
             await forge.close_async_connections()
             log.info("worker %s stopped", self.worker_id)
+        crashed = self._crashed
+        if crashed is not None:
+            raise TaskForgeError(
+                f"worker part {crashed.get_name()} crashed ({crashed.exception()!r}); the worker"
+                " stopped, and jobs it could not report run again after their lease expires"
+            ) from crashed.exception()
+
+    def _part_ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None or self._crashed is not None:
+            return
+        self._crashed = task
+        log.error("worker part %s crashed: stopping the worker", task.get_name())
+        if self._stop_requested is not None:
+            self._stop_requested.set()
 
     async def _finish_in_flight(self, executor: Executor) -> None:
         running = set(executor.running)
