@@ -7,16 +7,18 @@ Redis, so lost and repeated executions are counted exactly (see tests/support/ch
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from taskforge import JobDead, TaskForge
+from taskforge import JobDead, TaskForge, TaskForgeError, Worker, current_job
 from tests.support.chaos import (
     QUEUE,
     Ledger,
@@ -24,6 +26,7 @@ from tests.support.chaos import (
     child_pids,
     expected_runs,
     freeze_and_kill,
+    in_process_worker,
     job_records,
     queue_counts,
     queue_stats,
@@ -263,3 +266,49 @@ def test_supervisor_restarts_a_killed_child_and_work_continues(
         assert report.counts["active"] == 0 and report.counts["ready"] == 0, report
         supervisor.send(signal.SIGTERM)
         assert supervisor.wait(30) == 0, supervisor.log_tail()
+
+
+def test_a_crashed_worker_part_stops_the_worker_so_its_jobs_move_on(
+    redis_url: str, client: redis.Redis
+) -> None:
+    """A part that dies of an error nobody foresaw (here: the acker) must not leave a worker
+    that looks alive and renews the leases of jobs it will never report."""
+    runs: list[tuple[str, str]] = []  # (job id, worker id), appended on the workers' loops
+    app = TaskForge(redis_url, lease_seconds=2)
+
+    @app.task(queue="inproc")
+    async def nap(ms: int) -> None:
+        await asyncio.sleep(ms / 1000)
+        job = current_job()
+        runs.append((job.job_id, job.worker_id))
+
+    async def broken() -> None:
+        raise ValueError("an unforeseen bug")
+
+    ids = [j.id for j in app.enqueue_many("nap", [(300,)] * 20, queue="inproc")]
+    crashing = Worker(app, queues=["inproc"], concurrency=5, grace_seconds=1)
+    try:
+        began = time.monotonic()
+        with pytest.raises(TaskForgeError, match="acker crashed"), in_process_worker(crashing):
+            crashing.parts["acker"]._send_completions = broken
+            assert crashing.stopped.wait(20), "the worker went on without its acker"
+        stopped_after = time.monotonic() - began
+        unreported = {i for i, w in runs if w == crashing.worker_id}
+        with in_process_worker(Worker(app, queues=["inproc"], concurrency=10)):
+            wait_until(
+                lambda: queue_counts(client, "inproc")["completed"] == len(ids),
+                30,
+                "another worker to complete every job",
+            )
+        counts = queue_counts(client, "inproc")
+        per_job = Counter(i for i, _ in runs)
+        twice = {i for i, n in per_job.items() if n > 1}
+        print(
+            f"\npart crash: stopped after {stopped_after:.1f} s with {len(unreported)} runs"
+            f" unreported; then {counts['completed']}/{len(ids)} completed, {len(twice)} ran twice"
+        )
+        assert counts == {"ready": 0, "scheduled": 0, "active": 0, "dead": 0, "completed": 20}
+        assert set(per_job) == set(ids), f"{len(set(ids) - set(per_job))} jobs never ran"
+        assert twice <= unreported, f"ran twice without cause: {sorted(twice - unreported)[:5]}"
+    finally:
+        app.close()

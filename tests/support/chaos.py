@@ -203,9 +203,12 @@ class WorkerProcess:
         wait_until(registered, timeout, f"{self.name} to register", details=self.log_tail)
 
     def close(self) -> None:
-        if self.alive:
-            self.thaw()  # a frozen process dies of SIGKILL too, but be explicit
+        """SIGKILL it, and the worker processes it started (with --processes), if still alive."""
+        children = child_pids(self.pid) if self.alive else []
         self.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> Self:
         return self
