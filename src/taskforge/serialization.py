@@ -7,6 +7,7 @@ Wire format version 1: a job's ``payload`` field holds ``{"args": [...], "kwargs
 
 from __future__ import annotations
 
+import math
 import traceback as tb
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,19 +32,63 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
+_ADVICE = "Pass only JSON types (str, int, float, bool, None, list, dict) or convert first"
+_MAX_DEPTH = 256
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+
+
 def _describe(exc: Exception) -> str:
-    text = str(exc)
     # msgspec says "Encoding objects of type X is unsupported"; name the fix too.
-    return (
-        f"{text}. Pass only JSON types (str, int, float, bool, None, list, dict) or convert first"
-    )
+    return f"{exc}. {_ADVICE}"
+
+
+class _NotJSON(Exception):
+    pass
+
+
+def _check(value: Any, path: str, depth: int) -> None:
+    """Refuse what JSON cannot carry faithfully. msgspec would send bytes as base64 text, sets as
+    lists, datetimes, UUIDs and decimals as strings and NaN as null, and the task would receive
+    something else than was enqueued without a word."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return
+    if kind is float or isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotJSON(f"{path} is {value!r}: JSON has no NaN or infinity")
+        return
+    if depth > _MAX_DEPTH:
+        raise _NotJSON(f"{path} is nested deeper than {_MAX_DEPTH} levels")
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check(item, f"{path}[{i}]", depth + 1)
+        return
+    if kind is dict or isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _NotJSON(
+                    f"{path} has a key of type {type(key).__qualname__} ({key!r}): JSON object"
+                    " keys are strings"
+                )
+            _check(item, f"{path}[{key!r}]", depth + 1)
+        return
+    if isinstance(value, str | int):  # str and int enums, and other subclasses
+        return
+    raise _NotJSON(f"{path} is of type {kind.__qualname__}, which JSON cannot carry")
 
 
 def encode_payload(args: Sequence[Any], kwargs: Mapping[str, Any], max_bytes: int) -> bytes:
     """Encode task arguments; raises before anything is written to Redis."""
     try:
+        _check(list(args), "args", 0)
+        _check(dict(kwargs), "kwargs", 0)
+    except _NotJSON as exc:
+        raise SerializationError(
+            f"task arguments are not JSON-serialisable: {exc}. {_ADVICE}"
+        ) from None
+    try:
         data = _encoder.encode({"args": list(args), "kwargs": dict(kwargs)})
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+    except _ENCODE_ERRORS as exc:
         raise SerializationError(
             f"task arguments are not JSON-serialisable: {_describe(exc)}"
         ) from exc
@@ -71,8 +116,14 @@ def decode_payload(data: bytes) -> tuple[list[Any], dict[str, Any]]:
 
 def encode_value(value: Any) -> bytes:
     try:
+        _check(value, "result", 0)
+    except _NotJSON as exc:
+        raise SerializationError(
+            f"task result is not JSON-serialisable: {exc}. {_ADVICE}"
+        ) from None
+    try:
         return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+    except _ENCODE_ERRORS as exc:
         raise SerializationError(f"task result is not JSON-serialisable: {_describe(exc)}") from exc
 
 
