@@ -73,7 +73,7 @@ class Settings:
                 f"redis url {self.redis_url!r} has an unknown scheme; use one of "
                 + ", ".join(s.rstrip("/") for s in _SCHEMES)
             )
-        if not _PREFIX_RE.match(self.prefix):
+        if not _PREFIX_RE.fullmatch(self.prefix):
             raise ConfigError(
                 f"prefix {self.prefix!r} is not valid: use 1-64 letters, digits, '_', '.', '-'"
             )

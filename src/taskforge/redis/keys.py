@@ -18,7 +18,7 @@ _TASK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
 def validate_queue_name(name: object) -> str:
-    if not isinstance(name, str) or not _QUEUE_RE.match(name):
+    if not isinstance(name, str) or not _QUEUE_RE.fullmatch(name):
         raise ValidationError(
             f"invalid queue name {name!r}: use 1-128 characters, letters, digits and '_', '.', ':',"
             " '-', starting with a letter or digit (braces and spaces are not allowed)"
@@ -27,7 +27,7 @@ def validate_queue_name(name: object) -> str:
 
 
 def validate_task_name(name: object) -> str:
-    if not isinstance(name, str) or not _TASK_RE.match(name):
+    if not isinstance(name, str) or not _TASK_RE.fullmatch(name):
         raise ValidationError(
             f"invalid task name {name!r}: use 1-200 characters, letters, digits and '_', '.', ':',"
             " '-', starting with a letter or '_'"
