@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +38,15 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number, e.g. {name}=5") from None
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env[name].strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is not a yes/no value; use 1 or 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +91,14 @@ class Settings:
             raise ConfigError(
                 f"lease_seconds={self.lease_seconds} is out of range; use 1 to 86400 seconds"
             )
-        for name in ("completed_ttl", "dead_ttl", "retry_base_seconds", "retry_cap_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("completed_ttl", "dead_ttl", "retry_base_seconds", "socket_timeout",
+                     "connect_timeout"):  # fmt: skip
+            value = getattr(self, name)
+            # NaN and infinity pass a "> 0" test but cannot become milliseconds later on.
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+        if not self.retry_cap_seconds > 0:  # infinity is fine: no cap
+            raise ConfigError(f"retry_cap_seconds must be positive, got {self.retry_cap_seconds}")
         if self.max_payload_bytes < 1024:
             raise ConfigError("max_payload_bytes must be at least 1024")
         if self.max_redeliveries < 1:
@@ -135,7 +150,7 @@ class Settings:
             if ivalue is not None:
                 values[name] = ivalue
         if env.get("TASKFORGE_WAIT_AOF"):
-            values["wait_aof"] = env["TASKFORGE_WAIT_AOF"].lower() in ("1", "true", "yes", "on")
+            values["wait_aof"] = _env_bool(env, "TASKFORGE_WAIT_AOF")
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
