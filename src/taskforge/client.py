@@ -93,7 +93,7 @@ class TaskForge:
         self._async: dict[asyncio.AbstractEventLoop, AsyncDriver] = {}
 
     def __repr__(self) -> str:
-        return f"<TaskForge prefix={self.settings.prefix!r} url={self.url!r}>"
+        return f"<TaskForge prefix={self.settings.prefix!r} url={self.where!r}>"
 
     # -- connections -------------------------------------------------------------------------
 
