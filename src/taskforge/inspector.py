@@ -278,6 +278,9 @@ class Inspector:
     def purge_dead(self, queue: str, ids: list[str] | None = None) -> int:
         return self.purge(queue, "dead", ids)
 
+    async def purge_dead_async(self, queue: str, ids: list[str] | None = None) -> int:
+        return await self.purge_async(queue, "dead", ids)
+
     def _dead_where_flow(
         self, action: str, queue: str | None, task: str | None, ids: list[str] | None
     ) -> Flow[int]:
