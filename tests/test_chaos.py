@@ -310,6 +310,37 @@ def test_blackhole_shorter_than_the_lease_loses_no_lease(
         assert worker.alive, worker.log_tail()
 
 
+def test_lost_replies_repeat_no_run(
+    redis_url: str,
+    client: redis.Redis,
+    forge: TaskForge,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    """Commands reach Redis and run, but their replies are lost for a while: a fetch whose reply
+    was lost leaves jobs leased to nobody (they come back when the lease expires), and a
+    completion sent again finds its job done. No job may run twice."""
+    rng = random.Random(9)
+    ids = _enqueue_work(forge, [rng.randint(50, 100) for _ in range(200)])
+    with _proxied_worker(fault_proxy, redis_url, tmp_path, lease=3, socket_timeout=1) as worker:
+        worker.start()
+        wait_until(
+            lambda: queue_counts(client)["completed"] >= 50,
+            30,
+            "50 completions",
+            details=worker.log_tail,
+        )
+        fault_proxy.set_drop_replies(True)
+        time.sleep(1.0)  # the length of the fault itself, not a wait for anything
+        fault_proxy.set_drop_replies(False)
+        wait_all_completed(client, ids, 60, [worker])
+        report = run_report(client, ids)
+        print(f"\nreplies dropped 1 s: {report}; {_redelivered(client, ids)} redelivered")
+        assert report.ok, report
+        assert _settled(report.counts) == CLEAN, report
+        assert worker.alive, worker.log_tail()
+
+
 def test_added_latency_breaks_nothing(
     redis_url: str,
     client: redis.Redis,
