@@ -174,12 +174,6 @@ def test_poison_job_is_dead_lettered_after_max_redeliveries(
             worker.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redelivered jobs are not isolated: the jobs fetched in one batch with a poison job"
-    " come back together at the head of the queue, are fetched together again, and are"
-    " dead-lettered with it",
-)
 def test_jobs_fetched_with_a_poison_job_are_not_buried_with_it(
     redis_url: str, client: redis.Redis, forge: TaskForge, tmp_path: Path
 ) -> None:

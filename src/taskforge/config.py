@@ -64,6 +64,9 @@ class Settings:
     max_payload_bytes: int = 1024 * 1024
     max_redeliveries: int = 5
     """Crash redeliveries (expired leases) before a job is dead-lettered as poison."""
+    isolate_after_redeliveries: int = 2
+    """A job redelivered this many times runs alone on its worker (0 = never), so a poison job
+    stops taking the jobs running beside it down with it."""
     default_max_attempts: int = 3
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
@@ -141,6 +144,7 @@ class Settings:
         ints = {
             "TASKFORGE_MAX_PAYLOAD_BYTES": "max_payload_bytes",
             "TASKFORGE_MAX_REDELIVERIES": "max_redeliveries",
+            "TASKFORGE_ISOLATE_AFTER_REDELIVERIES": "isolate_after_redeliveries",
             "TASKFORGE_MAX_ATTEMPTS": "default_max_attempts",
             "TASKFORGE_WAIT_REPLICAS": "wait_replicas",
             "TASKFORGE_WAIT_TIMEOUT_MS": "wait_timeout_ms",

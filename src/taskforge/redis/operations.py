@@ -62,6 +62,8 @@ class FetchedJob:
     redeliveries: int
     priority: int
     queue: str
+    isolated: bool = False
+    """It crashed workers before: run it alone (see fetch.lua)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +92,19 @@ def enqueue(keys: QueueKeys, specs: Sequence[JobSpec], events: bool) -> Op[list[
 
 
 def fetch(
-    keys: QueueKeys, count: int, lease_ms: int, worker_id: str, events: bool
+    keys: QueueKeys,
+    count: int,
+    lease_ms: int,
+    worker_id: str,
+    events: bool,
+    isolate_after: int = 0,
 ) -> Op[tuple[int, list[FetchedJob]]]:
     queue = keys.queue
 
     def parse(reply: list[Any]) -> tuple[int, list[FetchedJob]]:
         jobs = []
-        for i in range(2, len(reply), 10):
+        isolated = reply[2] == 1
+        for i in range(3, len(reply), 10):
             jobs.append(
                 FetchedJob(
                     _s(reply[i]),
@@ -110,11 +118,21 @@ def fetch(
                     int(reply[i + 8] or 0),
                     int(reply[i + 9] or 10),
                     queue,
+                    isolated,
                 )
             )
         return int(reply[0]), jobs
 
-    args = (keys.base, _channel(keys, events), queue, count, lease_ms, worker_id, max(count, 100))
+    args = (
+        keys.base,
+        _channel(keys, events),
+        queue,
+        count,
+        lease_ms,
+        worker_id,
+        max(count, 100),
+        isolate_after,
+    )
     return script("fetch", keys.script_keys, args, parse)
 
 

@@ -41,6 +41,7 @@ class Fetcher:
         lease_ms: int,
         events: bool,
         start: Callable[[Lease], None],
+        isolate_after: int = 0,
     ) -> None:
         self.state = state
         self.driver = driver
@@ -48,6 +49,7 @@ class Fetcher:
         self.lease_ms = lease_ms
         self.events = events
         self.start = start
+        self.isolate_after = isolate_after
         self.maybe_ready: set[str] = {k.queue for k in queue_keys}
         self.hints: dict[str, int] = dict.fromkeys(self.maybe_ready, 0)
         """Hints per queue so far: a fetch that comes back short drops its queue from
@@ -119,13 +121,18 @@ class Fetcher:
             hints_before = self.hints.get(keys.queue, 0)
             sent = state.clock.local()
             now_ms, jobs = await self.driver.run(
-                ops.fetch(keys, want, self.lease_ms, state.worker_id, self.events)
+                ops.fetch(
+                    keys, want, self.lease_ms, state.worker_id, self.events, self.isolate_after
+                )
             )
             state.clock.observe(now_ms, sent, state.clock.local())
             self.fetches += 1
             if len(jobs) < want and self.hints.get(keys.queue, 0) == hints_before:
                 self.maybe_ready.discard(keys.queue)
                 self.drained.set()
+            if jobs and jobs[0].isolated:
+                await self._run_alone(Lease(jobs[0], keys))
+                return
             if jobs:
                 state.slots.take(len(jobs))
                 for job in jobs:
@@ -133,6 +140,22 @@ class Fetcher:
                     state.leases[job.id] = lease
                     self.start(lease)
                 return
+
+    async def _run_alone(self, lease: Lease) -> None:
+        """A job that crashed workers before runs with nothing beside it: if it kills this
+        worker too, no innocent job dies with it (and is redelivered towards poison)."""
+        state = self.state
+        state.leases[lease.job.id] = lease  # renewed by the heartbeat while it waits
+        log.warning(
+            "job %s (%s) was redelivered %d times after worker crashes; running it alone",
+            lease.job.id,
+            lease.job.task,
+            lease.job.redeliveries,
+        )
+        await state.slots.wait_idle()
+        state.slots.take(1)
+        self.start(lease)
+        await state.slots.wait_idle()
 
     async def _higher_queue_has_work(self, keys: QueueKeys) -> bool:
         """Strict priority: before serving a lower queue, look at the queues before it if

@@ -159,6 +159,7 @@ class Worker:
             round(settings.lease_seconds * 1000),
             settings.publish_events,
             metrics.starter(executor.start),
+            settings.isolate_after_redeliveries,
         )
         waiters = [
             Waiter(state, driver, group, fetcher)
@@ -258,6 +259,8 @@ class Worker:
                 lease.ctx._request_stop("shutdown")
             if lease.runner is not None:
                 lease.runner.cancel()
+            else:  # leased but never started (a job waiting to run alone)
+                executor.acker.release(lease)
         if executor.running:
             await asyncio.wait(set(executor.running), timeout=5.0)
 

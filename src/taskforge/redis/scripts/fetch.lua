@@ -1,26 +1,36 @@
 -- fetch: promote due jobs, then take up to `count` ready jobs and lease them to a worker.
 -- Taking a job and writing its lease are one atomic step: no crash can fall between them.
 -- KEYS: the queue's standard vector (see _prelude.lua).
--- ARGV: 1 base, 2 channel, 3 queue, 4 count, 5 lease_ms, 6 worker id, 7 promote limit.
--- Returns: {now, n, then 10 fields per job: id, task, payload, attempt, max_attempts,
---   timeout_ms, token, created, redeliveries, priority}. A paused queue returns {now, 0}.
+-- ARGV: 1 base, 2 channel, 3 queue, 4 count, 5 lease_ms, 6 worker id, 7 promote limit,
+--       8 isolate after (a job redelivered this many times is leased alone; 0 = never).
+-- Returns: {now, n, isolated, then 10 fields per job: id, task, payload, attempt, max_attempts,
+--   timeout_ms, token, created, redeliveries, priority}. A paused queue returns {now, 0, 0}.
 --   The token grows with every delivery; extend/complete/fail must present it (fencing).
+--   isolated = 1: the one job returned crashed its workers before and must run by itself, so
+--   that a poison job cannot take innocent batch-mates down with it again and again.
 local base, channel, queue = ARGV[1], ARGV[2], ARGV[3]
 local count, lease_ms, worker = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local isolate_after = tonumber(ARGV[8] or 0)
 local now = now_ms()
 if redis.call('HGET', K_META, 'paused') == '1' then
-  return {now, 0}
+  return {now, 0, 0}
 end
 promote_due(base, now, tonumber(ARGV[7]))
 local popped = redis.call('ZPOPMIN', K_READY, count)
-local out = {now, 0}
+local out = {now, 0, 0}
 local taken = 0
 local deadline = now + lease_ms
+local put_back_from = nil
 for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = base .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'task', 'payload', 'max_attempts', 'timeout', 'created',
     'redeliveries', 'priority', 'attempt', 'token')
+  local suspect = f[1] and isolate_after > 0 and tonumber(f[6] or 0) >= isolate_after
+  if suspect and taken > 0 then
+    put_back_from = i  -- it will come first in a fetch of its own
+    break
+  end
   if f[1] then
     local attempt = tonumber(f[8] or 0) + 1
     local token = tonumber(f[9] or 0) + 1
@@ -40,6 +50,16 @@ for i = 1, #popped, 2 do
     out[o + 8] = f[5]
     out[o + 9] = f[6] or 0
     out[o + 10] = f[7]
+    if suspect then
+      out[3] = 1
+      put_back_from = i + 2
+      break
+    end
+  end
+end
+if put_back_from then
+  for j = put_back_from, #popped, 2 do
+    redis.call('ZADD', K_READY, popped[j + 1], popped[j])
   end
 end
 out[2] = taken
