@@ -494,6 +494,40 @@ def test_result_wakes_up_when_the_job_finishes(make_app: AppFactory, workers: Wo
     assert time.monotonic() - started < 5
 
 
+def test_several_waiters_are_all_woken(make_app: AppFactory, workers: WorkerPool) -> None:
+    forge = make_app()
+    gate = threading.Event()
+
+    @forge.task
+    def slow() -> str:
+        gate.wait(10)
+        return "for everyone"
+
+    job = slow.enqueue()
+    results: list[Any] = []
+
+    def wait_sync() -> None:
+        with make_app() as other:
+            results.append(other.job(job.id).result(timeout=20))
+
+    async def wait_async() -> Any:
+        async with make_app() as other:
+            return await (await other.job_async(job.id)).result_async(timeout=20)
+
+    threads = [threading.Thread(target=wait_sync) for _ in range(3)]
+    threads.append(threading.Thread(target=lambda: results.append(asyncio.run(wait_async()))))
+    for thread in threads:
+        thread.start()
+    key = forge.keys("default").job(job.id)
+    client = forge.sync_driver().client
+    wait_for(lambda: client.hget(key, "waiters") == b"4", 10, "four registered waiters")
+    workers.start(forge)
+    gate.set()
+    for thread in threads:
+        thread.join(20)
+    assert results == ["for everyone"] * 4
+
+
 def test_result_of_an_unknown_job(make_app: AppFactory) -> None:
     forge = make_app()
     with pytest.raises(JobNotFound):

@@ -183,6 +183,28 @@ def test_queues_are_served_in_strict_priority_order(
     ]
 
 
+def test_several_workers_run_each_job_once(make_app: AppFactory, workers: WorkerPool) -> None:
+    forge = make_app()
+    runs: list[tuple[str, str]] = []
+
+    @forge.task
+    async def note(i: int) -> int:
+        ctx = current_job()
+        runs.append((ctx.job_id, ctx.worker_id))
+        await asyncio.sleep(0)
+        return i
+
+    pool = [workers.start(forge, concurrency=c) for c in (1, 4, 8)]
+    jobs = note.enqueue_many([(i,) for i in range(300)])
+    assert [job.result(timeout=30) for job in jobs] == list(range(300))
+    assert sorted(job_id for job_id, _ in runs) == sorted(job.id for job in jobs)
+    by_worker = {w.worker.worker_id: 0 for w in pool}
+    for _, worker_id in runs:
+        by_worker[worker_id] += 1
+    assert sum(by_worker.values()) == 300
+    assert sum(1 for count in by_worker.values() if count) >= 2, by_worker
+
+
 # -- the job context ----------------------------------------------------------------------------
 
 
@@ -494,6 +516,23 @@ def test_async_task_over_its_timeout_is_cancelled_and_retried(
     assert info.attempt == 2
     assert info.started_at is not None and info.finished_at is not None
     assert (info.finished_at - info.started_at).total_seconds() < 5
+
+
+def test_a_timeout_given_at_enqueue_applies(make_app: AppFactory, workers: WorkerPool) -> None:
+    forge = make_app()
+
+    @forge.task(max_attempts=1)
+    async def sometimes_slow(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "in time"
+
+    workers.start(forge)
+    assert sometimes_slow.enqueue(0.01).result(timeout=15) == "in time"
+    job = sometimes_slow.enqueue_with((30,), timeout=0.2)
+    assert job.info().timeout == 0.2
+    with pytest.raises(JobDead) as err:
+        job.result(timeout=15)
+    assert err.value.error_type == "JobTimeout"
 
 
 def test_sync_task_over_its_timeout_is_abandoned_and_frees_its_slot(
