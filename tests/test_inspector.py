@@ -73,6 +73,9 @@ def test_dead_letters_list_inspect_requeue_and_purge(
     info = charges[0].info()
     assert (info.status, info.attempt) == (JobStatus.QUEUED, 0)
     assert info.finished_at is None
+    # Due again from now: its wait is not counted from its first due time.
+    assert info.due_at is not None and record.finished_at is not None
+    assert info.due_at >= record.finished_at
     assert client.zscore("taskforge:{billing}:ready", charges[0].id) is not None
     assert client.pttl(f"taskforge:{{billing}}:job:{charges[0].id}") == -1, "no expiry while live"
     assert inspector.requeue_dead("billing", ids=[charges[0].id]) == 0, "not dead any more"

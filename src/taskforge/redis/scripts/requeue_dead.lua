@@ -23,7 +23,7 @@ for i = 1, #ids do
     redis.call('ZREM', K_DEAD, id)
     redis.call('PERSIST', jk)
     redis.call('HDEL', jk, 'finished', 'started', 'worker', 'cancel', 'result')
-    redis.call('HSET', jk, 'status', 'queued', 'attempt', 0, 'redeliveries', 0)
+    redis.call('HSET', jk, 'status', 'queued', 'attempt', 0, 'redeliveries', 0, 'due', now)
     if f[3] then
       redis.call('SET', base .. 'key:' .. f[3], id)
     end
