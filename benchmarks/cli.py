@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +51,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         help="results directory (default benchmarks/results; with --smoke "
         "benchmarks/results/tmp/smoke, so a smoke run never replaces a full run's results)",
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS.json",
+        help="measure nothing: re-render the tables, chart and Markdown of a saved run",
     )
     p.add_argument(
         "--update-docs",
@@ -143,6 +151,7 @@ def _pythons(names: list[str]) -> tuple[dict[str, Path], list[str]]:
 def _run_ceilings(
     redis: PrivateRedis, harness: Harness, settings: Settings, smoke: bool, have_rb: bool
 ) -> dict[str, float]:
+    """redis-benchmark (when installed) and the bare redis-py loop, on a flushed server."""
     out: dict[str, float] = {}
     tools_python = Path(sys.executable)
     harness.reset()
@@ -155,7 +164,7 @@ def _run_ceilings(
     names = {
         "push_single": "redis-py LPUSH one at a time",
         "pop_single": "redis-py BRPOP one at a time",
-        "push_batched": f"redis-py LPUSH pipelined by {100}",
+        "push_batched": "redis-py LPUSH pipelined by 100",
         "pop_batched": "redis-py LMPOP 100 at a time",
         "end_to_end": "redis-py end to end (pipelined LPUSH, BLMPOP consumer)",
     }
@@ -165,29 +174,16 @@ def _run_ceilings(
     return out
 
 
-def run(argv: list[str]) -> int:
-    args = parse_args(argv)
-    started_at = time.monotonic()
+def _select(args: argparse.Namespace) -> list[str]:
     if args.systems:
-        names = [n.strip().lower() for n in args.systems.split(",") if n.strip()]
-    else:
-        names = list(SMOKE_SYSTEMS if args.smoke else ("taskforge", *PEERS))
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        print(f"unknown systems: {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
-        return 2
-    default_out = BENCH_DIR / "results" / ("tmp/smoke" if args.smoke else "")
-    out_dir: Path = (args.out or default_out).resolve()
-    log_dir = BENCH_DIR / "results" / "tmp" / ("logs-smoke" if args.smoke else "logs")
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    settings, repeats = _settings(args, log_dir)
+        return [n.strip().lower() for n in args.systems.split(",") if n.strip()]
+    return list(SMOKE_SYSTEMS if args.smoke else ("taskforge", *PEERS))
 
-    pythons, skipped = _pythons(names)
-    names = [n for n in names if n in pythons]
-    have_rb = (not args.no_ceilings) and ceilings.ensure_redis_benchmark()
 
-    results: dict[str, Any] = {
+def _new_results(
+    args: argparse.Namespace, settings: Settings, repeats: int, names: list[str], skipped: list[str]
+) -> dict[str, Any]:
+    return {
         "meta": {
             "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "machine": _machine(),
@@ -206,48 +202,86 @@ def run(argv: list[str]) -> int:
         },
         "ceilings": {"runs": []},
     }
+
+
+def _measure(
+    args: argparse.Namespace,
+    pythons: dict[str, Path],
+    settings: Settings,
+    repeats: int,
+    results: dict[str, Any],
+) -> int:
+    """Every run of every system (interleaved) and the ceilings; returns the failures."""
+    names = list(results["systems"])
+    have_rb = (not args.no_ceilings) and ceilings.ensure_redis_benchmark()
     failures = 0
     with PrivateRedis() as redis:
         harness = Harness(redis.url)
         results["meta"]["redis_version"] = harness.info("server")["redis_version"]
         for name in names:
             sysm = SYSTEMS[name]
-            results["systems"][name]["versions"] = versions(
-                sysm,
-                pythons[name],
-                SystemRun(sysm, pythons[name], redis.url, harness, settings, "v").env(),
-            )
+            env = SystemRun(sysm, pythons[name], redis.url, harness, settings, "v").env()
+            results["systems"][name]["versions"] = versions(sysm, pythons[name], env)
         for rep in range(repeats):
+            # Interleaved: each run goes through all systems, the order rotated by one.
             order = names[rep % len(names) :] + names[: rep % len(names)] if names else []
             if not args.no_ceilings:
                 print(f"[run {rep + 1}/{repeats}] ceilings", file=sys.stderr, flush=True)
                 try:
-                    results["ceilings"]["runs"].append(
-                        _run_ceilings(redis, harness, settings, args.smoke, have_rb)
-                    )
+                    runs = results["ceilings"]["runs"]
+                    runs.append(_run_ceilings(redis, harness, settings, args.smoke, have_rb))
                 except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
                     print(f"[error] ceilings: {exc}", file=sys.stderr)
                     failures += 1
             for name in order:
                 failures += _run_system(name, pythons[name], redis, harness, settings, rep, results)
         harness.close()
+    return failures
 
+
+def _publish(results: dict[str, Any], out_dir: Path, update_docs: bool) -> None:
+    """Summaries, then JSON / Markdown / PNG, the terminal tables and (optionally) the docs."""
     for entry in results["systems"].values():
         entry["summary"] = summarize(entry["runs"])
-    ceiling_runs = results["ceilings"]["runs"]
-    results["ceilings"]["summary"] = _summarize_ceilings(ceiling_runs)
-    results["meta"]["duration_s"] = round(time.monotonic() - started_at, 1)
-    results["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-
+    results["ceilings"]["summary"] = _summarize_ceilings(results["ceilings"]["runs"])
     paths = report.write_all(results, out_dir)
     report.print_table(results)
-    if args.update_docs and report.update_docs(results, REPO_DIR / "docs" / "benchmarks.md"):
+    if update_docs and report.update_docs(results, REPO_DIR / "docs" / "benchmarks.md"):
         print("updated docs/benchmarks.md", file=sys.stderr)
     print(
         f"results: {paths['json']} (also latest.json, latest.md, latest.png); "
-        f"{results['meta']['duration_s']:.0f} s",
+        f"the run took {results['meta'].get('duration_s', 0):.0f} s",
         file=sys.stderr,
     )
+
+
+def run(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        saved: dict[str, Any] = json.loads(args.from_json.read_text())
+        _publish(saved, (args.out or args.from_json.parent).resolve(), args.update_docs)
+        return 0
+    started_at = time.monotonic()
+    names = _select(args)
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        print(f"unknown systems: {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
+        return 2
+    default_out = BENCH_DIR / "results" / ("tmp/smoke" if args.smoke else "")
+    out_dir: Path = (args.out or default_out).resolve()
+    log_dir = BENCH_DIR / "results" / "tmp" / ("logs-smoke" if args.smoke else "logs")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings, repeats = _settings(args, log_dir)
+
+    pythons, skipped = _pythons(names)
+    names = [n for n in names if n in pythons]
+    results = _new_results(args, settings, repeats, names, skipped)
+    failures = _measure(args, pythons, settings, repeats, results)
+
+    results["meta"]["duration_s"] = round(time.monotonic() - started_at, 1)
+    results["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    _publish(results, out_dir, args.update_docs)
     if failures:
         print(f"{failures} run(s) failed: see the errors above and {log_dir}", file=sys.stderr)
         return 1
@@ -255,8 +289,6 @@ def run(argv: list[str]) -> int:
 
 
 def _summarize_ceilings(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    import statistics
-
     keys = list(dict.fromkeys(k for run in runs for k in run))
     out = {}
     for key in keys:

@@ -16,6 +16,9 @@ class Metric:
     unit: str
     higher_is_better: bool
     digits: int = 0
+    # Lateness can be negative (a job run before it was due, e.g. RQ's whole-second due
+    # times): the best is then the one closest to zero, not the most negative.
+    closest_to_zero: bool = False
 
 
 METRICS: tuple[Metric, ...] = (
@@ -28,8 +31,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("pickup_p50", "pickup latency p50", "ms", False, 2),
     Metric("pickup_p99", "pickup latency p99", "ms", False, 2),
     Metric("pickup_max", "pickup latency max", "ms", False, 2),
-    Metric("delay_p50", "delayed-job lateness p50", "ms", False, 1),
-    Metric("delay_p99", "delayed-job lateness p99", "ms", False, 1),
+    Metric("delay_p50", "delayed-job lateness p50", "ms", False, 1, closest_to_zero=True),
+    Metric("delay_p99", "delayed-job lateness p99", "ms", False, 1, closest_to_zero=True),
     Metric("memory_per_job", "Redis memory per queued job", "bytes", False),
     Metric("enqueue_commands_per_job", "Redis commands per enqueue", "cmds", False, 1),
     Metric("worker_commands_per_job", "worker Redis commands per job", "cmds", False, 1),
@@ -65,12 +68,16 @@ def best_peer(
     ]
     if not candidates:
         return None
+    if metric.closest_to_zero:
+        return min(candidates, key=lambda item: abs(item[1]))
     pick = max if metric.higher_is_better else min
     return pick(candidates, key=lambda item: item[1])
 
 
-def ratio(ours: float, best: float) -> float | None:
+def ratio(ours: float, best: float, metric: Metric) -> float | None:
     """TaskForge ÷ best peer (same direction as the metric itself)."""
+    if metric.closest_to_zero:
+        ours, best = abs(ours), abs(best)
     if best == 0:
         return None
     return ours / best

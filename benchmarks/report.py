@@ -13,7 +13,8 @@ OURS = "taskforge"
 RATIO_NOTE = (
     "ratio = TaskForge ÷ best peer (median of runs). Throughput (jobs/s): higher is better, "
     "so a ratio above 1 means TaskForge is ahead. Latency, lateness, commands, memory and CPU: "
-    "lower is better, so a ratio below 1 means TaskForge is ahead."
+    "lower is better, so a ratio below 1 means TaskForge is ahead. Delayed-job lateness is "
+    "ranked by its distance from the due time: a negative value is a job run early."
 )
 
 
@@ -33,7 +34,7 @@ def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for metric in METRICS:
         ours = summaries.get(OURS, {}).get(metric.key)
         best = best_peer(summaries, metric, OURS)
-        r = ratio(ours["median"], best[1]) if ours and best else None
+        r = ratio(ours["median"], best[1], metric) if ours and best else None
         rows.append(
             {
                 "metric": metric,
