@@ -77,7 +77,7 @@ def print_table(results: dict[str, Any]) -> None:
     for col in ("metric", "better", "TaskForge", "best peer", "", "ratio"):
         comp.add_column(col, justify="left" if col in ("metric", "better", "") else "right")
     for row in comparison_rows(results):
-        metric: Metric = row["metric"]
+        metric = row["metric"]
         ratio_text = DASH if row["ratio"] is None else f"{row['ratio']:.2f}{TIMES}"
         if row["ahead"] is not None:
             ratio_text = f"[{'green' if row['ahead'] else 'red'}]{ratio_text}[/]"
