@@ -44,6 +44,13 @@ class WorkerConfig:
             raise ValidationError(f"concurrency must be 1 to 10000, got {self.concurrency}")
         if self.grace_seconds < 0:
             raise ValidationError("grace_seconds cannot be negative")
+        # 0 would spin: a fetch round for no jobs, a recovery or registry beat without pause
+        # (and a registry TTL of 0 removes the worker instead of announcing it).
+        if self.fetch_batch < 1:
+            raise ValidationError(f"fetch_batch must be at least 1, got {self.fetch_batch}")
+        for name in ("recover_seconds", "registry_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValidationError(f"{name} must be positive, got {getattr(self, name)}")
         if self.weights is not None and (
             len(self.weights) != len(self.queues) or any(w < 1 for w in self.weights)
         ):
