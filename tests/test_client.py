@@ -21,8 +21,10 @@ from taskforge import (
     JobStatus,
     PayloadTooLarge,
     SerializationError,
+    UnknownTask,
     ValidationError,
 )
+from taskforge.errors import DuplicateTaskError
 from taskforge.errors import TimeoutError as TaskForgeTimeout
 from tests.support.redisstate import CommandCounts, count_round_trips, snapshot
 from tests.support.workers import (
@@ -303,6 +305,33 @@ def test_task_priority_is_the_default_and_enqueue_overrides_it(make_app: AppFact
 
     assert urgent.enqueue().info().priority == 20
     assert urgent.enqueue_with(priority="low").info().priority == 0
+
+
+def test_task_registry(make_app: AppFactory) -> None:
+    forge = make_app()
+
+    def plain(x: int) -> int:
+        return x + 1
+
+    task = forge.task(plain)
+    assert task.name == "plain" and task(1) == 2, "calling a task runs it here"
+    assert forge.task(plain) is not None, "registering the same function again is fine"
+    with pytest.raises(DuplicateTaskError, match="already registered"):
+        forge.task(name="plain")(lambda x: x)
+    renamed = forge.task(name="billing.plain", queue="billing")(lambda x: x)
+    assert (renamed.name, renamed.options.queue) == ("billing.plain", "billing")
+    assert forge.registry.names() == ["billing.plain", "plain"]
+    assert forge.registry.queues() == ["billing", "default"]
+    with pytest.raises(UnknownTask, match="unknown task 'nope'"):
+        forge.registry.get("nope")
+    for options, message in (
+        ({"name": "bad name"}, "invalid task name"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            forge.task(**options)(lambda: None)  # type: ignore[arg-type]
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 import redis
 
-from taskforge import JobDead, JobStatus, Middleware, TaskForgeError, current_job
+from taskforge import (
+    JobDead,
+    JobStatus,
+    Middleware,
+    TaskForgeError,
+    ValidationError,
+    Worker,
+    WorkerConfig,
+    current_job,
+)
 from taskforge.worker import JobContext
 from tests.support.workers import (
     AppFactory,
@@ -42,6 +51,44 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
     yield from app_factory(redis_url)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queues": ()}, "at least one queue"),
+        ({"queues": ("a", "a")}, "listed twice"),
+        ({"queues": ("bad queue",)}, "invalid queue name"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": 10001}, "concurrency"),
+        ({"grace_seconds": -1}, "grace_seconds"),
+        ({"fetch_batch": 0}, "fetch_batch"),
+        ({"recover_seconds": 0}, "recover_seconds"),
+        ({"registry_seconds": 0}, "registry_seconds"),
+        ({"queues": ("a", "b"), "weights": (1,)}, "weight"),
+        ({"queues": ("a",), "weights": (0,)}, "weight"),
+    ],
+)
+def test_worker_settings_are_checked(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        WorkerConfig(**options)
+
+
+def test_a_worker_serves_the_queues_of_its_tasks_by_default(make_app: AppFactory) -> None:
+    forge = make_app()
+    assert Worker(forge).config.queues == ("default",)
+
+    @forge.task(queue="mail")
+    def send() -> None: ...
+
+    @forge.task(queue="billing")
+    def charge() -> None: ...
+
+    assert Worker(forge).config.queues == ("billing", "mail")
+    assert Worker(forge, ["mail"], 3).config.concurrency == 3
 
 
 # -- where and how many -------------------------------------------------------------------------
