@@ -208,11 +208,16 @@ class Inspector:
         if not ids:
             return []
         records = yield [ops.job_fields(k, job_id) for job_id in ids]
-        return [
+        found = [
             JobRecord.from_hash(job_id, queue, fields)
             for job_id, fields in zip(ids, records, strict=True)
             if fields
         ]
+        if state == "retrying":
+            # "scheduled" lists the whole set (delayed jobs and retries waiting for their due
+            # time, as the HTTP API documents); "retrying" only the retries.
+            found = [record for record in found if record.status == state]
+        return found
 
     def jobs(self, queue: str, state: str, offset: int = 0, limit: int = 50) -> list[JobRecord]:
         return self.forge.run(self._jobs_flow(queue, state, offset, limit))
