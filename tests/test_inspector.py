@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from taskforge import JobDead, JobNotFound, JobStatus, ValidationError
+from taskforge import JobDead, JobNotFound, JobStatus, Retry, ValidationError
 from tests.support.servers import server_binary, server_kind, server_version
 from tests.support.workers import AppFactory, WorkerPool, app_factory, wait_for, wait_for_status
 from tests.support.workers import worker_pool as _worker_pool
@@ -185,6 +185,26 @@ def test_job_listings(make_app: AppFactory) -> None:
     assert inspector.stats(["default"])[0].queued == 5
     with pytest.raises(ValidationError, match="canceled, not purged"):
         inspector.purge("default", "active")
+
+
+def test_retrying_jobs_can_be_listed_apart(make_app: AppFactory, workers: WorkerPool) -> None:
+    forge = make_app()
+
+    @forge.task(max_attempts=2)
+    def fails() -> None:
+        raise Retry(delay=60)
+
+    workers.start(forge)
+    retrying = fails.enqueue()
+    wait_for_status(retrying, JobStatus.RETRYING)
+    scheduled = forge.enqueue_with("fails", delay=30)
+    inspector = forge.inspector
+    # "scheduled" is everything waiting for a due time; "retrying" only the retries.
+    listed = {j.id for j in inspector.jobs("default", "scheduled")}
+    assert listed == {scheduled.id, retrying.id}
+    assert [j.id for j in inspector.jobs("default", "retrying")] == [retrying.id]
+    assert inspector.purge("default", "retrying") == 1
+    assert [j.id for j in inspector.jobs("default", "scheduled")] == [scheduled.id]
 
 
 def test_health_is_a_write_and_read_round_trip(make_app: AppFactory, client: redis.Redis) -> None:
