@@ -461,7 +461,9 @@ async def test_result_async_raises_job_canceled(make_app: AppFactory) -> None:
         waiter = asyncio.ensure_future(job.result_async(timeout=15))
         record = forge.keys("default").job(job.id)
         driver = forge.async_driver()
+        deadline = time.monotonic() + 10
         while await driver.client.hget(record, "waiters") != b"1":  # registered, now blocking
+            assert time.monotonic() < deadline, "result_async() never registered as a waiter"
             await asyncio.sleep(0.01)
         assert await job.cancel_async()
         with pytest.raises(JobCanceled) as err:
