@@ -1,16 +1,21 @@
 """Running real workers inside a test: on a background thread (for sync tests) or as a task on the
 test's own event loop (for async tests), always stopped at the end, with their crashes surfaced.
 
-A test module declares the fixture from ``worker_pool()`` (importing a fixture object would
-shadow it in every test's parameters)::
+A test module declares the fixtures from ``worker_pool()`` and ``app_factory()`` (importing
+fixture objects would shadow them in every test's parameters)::
 
     @pytest.fixture
     def workers() -> Iterator[WorkerPool]:
         yield from worker_pool()
 
-    def test_x(redis_url, workers):
-        forge = TaskForge(redis_url, ...)
+    @pytest.fixture
+    def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
+        yield from app_factory(redis_url)
+
+    def test_x(make_app: AppFactory, workers: WorkerPool) -> None:
+        forge = make_app()  # short leases and retry delays; closed at the end
         worker = workers.start(forge, queues=["default"], concurrency=2)
+        # worker.outcomes: what the worker reported; worker.parts: its internals
 
 Helpers that wait for job states poll Redis with a deadline (never a fixed sleep).
 """
