@@ -34,7 +34,9 @@ from typing import Any
 import redis
 import redis.asyncio
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Set by the runner to its private server. Without it, a placeholder nothing listens on: an
+# adapter run by hand must never reach the shared Redis on 6379.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:1/0")
 COUNTER_KEY = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
 LATENCY_KEY = os.environ.get("BENCH_LATENCY_KEY", "bench:latency")
 QUEUE = "bench"
@@ -241,6 +243,8 @@ def main(
     if not args:
         raise SystemExit(__doc__)
     command = args[0]
+    if command in ("produce", "worker") and "BENCH_REDIS_URL" not in os.environ:
+        raise SystemExit("BENCH_REDIS_URL is not set: the runner passes its private Redis here")
     if command == "produce":
         mode, count, seconds = args[1], int(args[2]), float(args[3])
         result = asyncio.run(_produce(producer_factory(), mode, count, seconds))
