@@ -14,6 +14,7 @@ __all__ = [
     "CLUSTER_COMMANDS",
     "COMMANDS",
     "OPTIONAL_COMMANDS",
+    "RECENT_COMMANDS",
     "acl_rules",
     "acl_user_line",
     "explain_denial",
@@ -67,15 +68,23 @@ COMMANDS: tuple[str, ...] = (
 )
 CLUSTER_COMMANDS: tuple[str, ...] = ("cluster|slots", "cluster|shards", "cluster|nodes", "command")
 """Extra commands that redis-py's cluster client needs to learn the topology."""
+RECENT_COMMANDS: tuple[str, ...] = ("waitaof", "client|setinfo")
+"""Commands of Redis >= 7.2 and Valkey (older servers reject rules that name them): WAITAOF for
+wait_aof, and CLIENT SETINFO, with which redis-py labels its connections."""
 OPTIONAL_COMMANDS: dict[str, str] = {
-    "waitaof": "wait_aof (Redis >= 7.2 or Valkey; older servers reject the rule)",
-    "config|get": "the maxmemory-policy check at worker start; it also reveals passwords",
+    "config|get": "the maxmemory-policy check at worker start (it also reveals passwords: the"
+    " check is skipped without it)",
 }
 
 
-def acl_rules(prefix: str = "taskforge", *, cluster: bool = False, waitaof: bool = False) -> str:
-    """ACL rules (without the user name and password) for TaskForge on ``prefix``."""
-    commands = [*COMMANDS, *(CLUSTER_COMMANDS if cluster else ()), *(("waitaof",) * waitaof)]
+def acl_rules(prefix: str = "taskforge", *, cluster: bool = False, recent: bool = False) -> str:
+    """ACL rules (without the user name and password) for TaskForge on ``prefix``; ``cluster``
+    for a Redis Cluster, ``recent`` for Redis >= 7.2 or Valkey."""
+    commands = [
+        *COMMANDS,
+        *(CLUSTER_COMMANDS if cluster else ()),
+        *(RECENT_COMMANDS if recent else ()),
+    ]
     return " ".join(
         [
             "resetkeys",
@@ -94,11 +103,11 @@ def acl_user_line(
     prefix: str = "taskforge",
     *,
     cluster: bool = False,
-    waitaof: bool = False,
+    recent: bool = False,
 ) -> str:
     """A complete ``user ...`` line for redis.conf or an ACL file (``ACL SETUSER`` takes the
     same rules after the name)."""
-    return f"user {user} on >{password} {acl_rules(prefix, cluster=cluster, waitaof=waitaof)}"
+    return f"user {user} on >{password} {acl_rules(prefix, cluster=cluster, recent=recent)}"
 
 
 _COMMAND_RE = re.compile(r"permissions to run the '([\w|]+)' command")

@@ -32,7 +32,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RedisUnavailable
 from .ops import Op
 
 __all__ = [
@@ -320,13 +320,22 @@ def connect_sync(url: str, socket_timeout: float, connect_timeout: float) -> Any
     if parsed.kind == "cluster":
         from redis.cluster import ClusterNode
 
-        return FailoverCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],  # type: ignore[no-untyped-call]
-            retry=redis.retry.Retry(ExponentialBackoff(cap=_STEP_CAP, base=0.05), 3),
-            **creds,
-            **tls,
-            **common,
-        )
+        try:
+            # The sync cluster client asks the seeds for the slot map right here.
+            return FailoverCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],  # type: ignore[no-untyped-call]
+                retry=redis.retry.Retry(ExponentialBackoff(cap=_STEP_CAP, base=0.05), 3),
+                **creds,
+                **tls,
+                **common,
+            )
+        except (rex.RedisClusterException, rex.ConnectionError, rex.TimeoutError) as exc:
+            if isinstance(exc, rex.AuthenticationError):
+                raise
+            raise RedisUnavailable(
+                f"cannot reach any seed node of the cluster {_redact(url)}: {exc}. Check the"
+                " host:port list in TASKFORGE_REDIS_URL (any reachable nodes will do)"
+            ) from exc
     from redis.sentinel import Sentinel
 
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
