@@ -455,5 +455,6 @@ def test_tls_connections_are_reused(tls_redis: RedisServer, tls_material: TLSMat
     before = int(tls_redis.info("stats")["total_connections_received"])
     for n in range(200):
         forge.enqueue("double", n)
-    assert int(tls_redis.info("stats")["total_connections_received"]) == before
+    # At most one more: the producer thread's own connection for script calls.
+    assert int(tls_redis.info("stats")["total_connections_received"]) <= before + 1
     forge.close()

@@ -7,10 +7,12 @@ written once as a flow and driven by either driver.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import redis
 from redis import exceptions as rex
 
 from ..errors import RedisUnavailable, TaskForgeError
@@ -26,6 +28,7 @@ from .ops import Op
 __all__ = ["AsyncDriver", "Flow", "PermissionDenied", "SyncDriver", "translate_errors"]
 
 T = TypeVar("T")
+_FALLBACK = object()
 Flow = Generator["Op[Any] | list[Op[Any]]", Any, T]
 
 
@@ -113,6 +116,11 @@ class SyncDriver:
         self.is_cluster = _is_cluster(client)
         self.round_trips = 0
         """Round trips sent (a pipeline counts once): the figure the hot-path tests pin."""
+        pool = getattr(client, "connection_pool", None)
+        # Only a plain pool: Sentinel and Cluster clients must route every call themselves.
+        self._direct_pool = pool if type(pool) is redis.ConnectionPool else None
+        self._local = threading.local()
+        self._direct_conns: list[Any] = []
 
     def run(self, op: Op[T]) -> T:
         self.round_trips += 1
@@ -124,11 +132,35 @@ class SyncDriver:
         if op.script is None:
             return client.execute_command(*op.command)
         args = _script_args(op)
+        if self._direct_pool is not None and not op.blocking:
+            reply = self._direct_script(op, args)
+            if reply is not _FALLBACK:
+                return reply
         try:
             return client.evalsha(op.script.sha, *args)
         except rex.NoScriptError:
             # A restart or failover emptied the script cache: EVAL runs and re-caches it.
             return client.eval(op.script.source, *args)
+
+    def _direct_script(self, op: Op[Any], args: list[Any]) -> Any:
+        """EVALSHA on this thread's own connection: skips the pool's checkout and bookkeeping,
+        which cost more than the round trip itself for a one-job enqueue. Any connection trouble
+        falls back to the pooled client and its retries (scripts are safe to resend: an enqueue
+        carries its job id)."""
+        assert op.script is not None and self._direct_pool is not None
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._direct_pool.make_connection()
+            self._direct_conns.append(conn)
+        try:
+            conn.send_command("EVALSHA", op.script.sha, *args)
+            return conn.read_response()
+        except rex.NoScriptError:
+            conn.send_command("EVAL", op.script.source, *args)
+            return conn.read_response()
+        except (rex.ConnectionError, rex.TimeoutError, OSError):
+            conn.disconnect()
+            return _FALLBACK
 
     def run_all(self, ops: Sequence[Op[Any]]) -> list[Any]:
         """Run several operations, pipelined in one round trip where the topology allows."""
@@ -172,6 +204,10 @@ class SyncDriver:
             flow.close()
 
     def close(self) -> None:
+        for conn in self._direct_conns:
+            conn.disconnect()
+        self._direct_conns.clear()
+        self._local = threading.local()
         self.client.close()
         if self.blocking_client is not self.client:
             self.blocking_client.close()
