@@ -226,11 +226,11 @@ def test_the_acl_user_cannot_touch_other_prefixes_or_other_channels(
     with pytest.raises(PermissionDenied, match=r"key pattern ~<prefix>:\*"):
         other.enqueue("double", 1)
     user = server.client(username="tf-app", password="pw")
-    with pytest.raises(Exception, match="(?i)no permissions"):
+    with pytest.raises(Exception, match=r"(?i)no permissions"):
         user.execute_command("PUBLISH", "another-app:events:default", "x")
-    with pytest.raises(Exception, match="(?i)no permissions"):
+    with pytest.raises(Exception, match=r"(?i)no permissions"):
         user.execute_command("FLUSHALL")
-    with pytest.raises(Exception, match="(?i)no permissions"):
+    with pytest.raises(Exception, match=r"(?i)no permissions"):
         user.execute_command("CONFIG", "SET", "appendonly", "no")
     other.close()
 
@@ -458,3 +458,11 @@ def test_tls_connections_are_reused(tls_redis: RedisServer, tls_material: TLSMat
     # At most one more: the producer thread's own connection for script calls.
     assert int(tls_redis.info("stats")["total_connections_received"]) <= before + 1
     forge.close()
+
+
+def test_the_documented_acl_line_is_the_one_the_suite_runs_as() -> None:
+    docs = (SRC.parents[1] / "docs" / "deployment.md").read_text()
+    assert acl_user_line("taskforge", "CHANGE-ME", "taskforge") in docs
+    extra_recent = acl_rules(recent=True).removeprefix(acl_rules()).strip()
+    extra_cluster = acl_rules(cluster=True).removeprefix(acl_rules()).strip()
+    assert f"`{extra_recent}`" in docs and f"`{extra_cluster}`" in docs
