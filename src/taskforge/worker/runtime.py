@@ -168,7 +168,11 @@ class Worker:
         heartbeat = Heartbeat(state, driver, settings)
         registry = Registry(state, driver, forge.global_keys, config.registry_seconds)
         recoverer = Recoverer(
-            state, driver, queue_keys, settings, min(config.recover_seconds, settings.lease_seconds)
+            state,
+            driver,
+            queue_keys,
+            settings,
+            min(config.recover_seconds, settings.lease_seconds / 2),
         )
         self.parts = {
             "acker": acker,

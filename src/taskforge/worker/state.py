@@ -26,7 +26,9 @@ class WorkerConfig:
     """On SIGTERM, how long in-flight jobs may run on before they are handed back."""
     fetch_batch: int = 200
     """Most jobs taken in one fetch (bounded by free slots)."""
-    recover_seconds: float = 5.0
+    recover_seconds: float = 10.0
+    """How often expired leases are looked for (at most half the lease, so a dead worker's jobs
+    return within 1.5 leases)."""
     registry_seconds: float = 10.0
     worker_id: str = ""
     weights: tuple[int, ...] | None = None
