@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -187,3 +188,47 @@ def test_serve_refuses_public_address_without_token(forge: TaskForge) -> None:
         app, ["serve", "--host", "0.0.0.0", "--token", "short", "--url", forge.url]
     )
     assert result.exit_code == 2 and "at least 16" in result.stderr
+
+
+def test_serve_answers_and_stops_cleanly_with_an_open_event_stream(redis_url: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.support.servers import free_port
+
+    port = free_port()
+    env = dict(os.environ, TASKFORGE_REDIS_URL=redis_url, TASKFORGE_API_TOKEN="")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "taskforge", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert server.poll() is None
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, 20, "taskforge serve to answer")
+        assert httpx.get(f"{base}/readyz").json()["ok"] is True
+        assert httpx.get(f"{base}/healthz", headers={"Host": "evil.example"}).status_code == 403
+        with httpx.stream("GET", f"{base}/v1/events", timeout=20) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("event:")) == "event: ready"
+            server.send_signal(signal.SIGTERM)
+            assert next(line for line in lines if line.startswith("event:")) == "event: end"
+            assert next(lines) == 'data: {"reason":"shutdown"}'
+        # uvicorn ends by re-raising the signal it caught, as a process should.
+        assert server.wait(10) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+        assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        server.stderr.close()  # type: ignore[union-attr]

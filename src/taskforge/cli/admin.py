@@ -148,6 +148,7 @@ def register(app: typer.Typer) -> None:
         url: str | None = URL,
         prefix: str | None = PREFIX,
         log_level: str = typer.Option("info", help="debug, info, warning, error"),
+        access_log: bool = typer.Option(False, "--access-log", help="log every request"),
     ) -> None:
         """Serve the HTTP API (/v1, spec at /openapi.json), the dashboard (/) and /metrics."""
         from ..logs import configure_logging
@@ -185,7 +186,23 @@ def register(app: typer.Typer) -> None:
             f"TaskForge on {forge.where}: dashboard http://{shown}:{port}/, API /v1 (spec"
             f" /openapi.json), metrics /metrics{'' if token else ' (no token: loopback only)'}"
         )
-        uvicorn.run(create_app(forge, web), host=host, port=port, log_level=log_level.lower())
+        asgi = create_app(forge, web)
+        config = uvicorn.Config(
+            asgi,
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            access_log=access_log,
+            timeout_graceful_shutdown=5,
+        )
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                # Event streams never end by themselves: tell them first, so shutdown can finish.
+                asgi.state.closing.set()
+                super().handle_exit(sig, frame)
+
+        Server(config).run()
 
     @app.command("queues")
     def queues_command(

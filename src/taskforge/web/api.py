@@ -5,8 +5,9 @@ already validated against the operation's types, and uses only the public core A
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class Call:
     query: Any
     path: dict[str, str]
     heartbeat_seconds: float = 15.0
+    closing: threading.Event = field(default_factory=threading.Event)
+    """Set when the server begins to shut down: event streams end, so that it can."""
 
     @property
     def inspector(self) -> Inspector:
@@ -512,6 +515,9 @@ async def events(call: Call) -> Response:
                     yield b": keep-alive\n\n"
                 if deadline is not None and now >= deadline:
                     yield _sse("end", {"reason": "timeout"})
+                    return
+                if call.closing.is_set():
+                    yield _sse("end", {"reason": "shutdown"})
                     return
         except RedisUnavailable as exc:
             yield _sse("error", {"error": "unavailable", "message": str(exc)})

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -197,11 +198,19 @@ class _Guard:
 class _Endpoint:
     """Runs one operation: the checks, then the handler; every failure becomes a JSON error."""
 
-    def __init__(self, op: Operation, forge: TaskForge, web: WebSettings, csrf: str) -> None:
+    def __init__(
+        self,
+        op: Operation,
+        forge: TaskForge,
+        web: WebSettings,
+        csrf: str,
+        closing: threading.Event,
+    ) -> None:
         self.op = op
         self.forge = forge
         self.web = web
         self.csrf = csrf
+        self.closing = closing
         self.query_fields = query_fields(op.query) if op.query is not None else []
 
     async def handle(self, request: Request) -> Response:
@@ -246,7 +255,9 @@ class _Endpoint:
                            f" (this operation takes: {known})")  # fmt: skip
         query = self._query(request) if op.query is not None else None
         body = await self._body(request) if op.body is not None else None
-        call = Call(request, self.forge, body, query, path, self.web.heartbeat_seconds)
+        call = Call(
+            request, self.forge, body, query, path, self.web.heartbeat_seconds, self.closing
+        )
         response: Response = await op.handler(call)
         return response
 
@@ -359,6 +370,7 @@ def create_app(
     if overrides:
         web = replace(web, **overrides)
     csrf = secrets.token_urlsafe(32)
+    closing = threading.Event()
     ops = operations()
     spec_body = msgspec.json.encode(
         build_spec(ops, title="TaskForge", version=__version__, auth=web.token is not None)
@@ -368,7 +380,12 @@ def create_app(
         return Response(spec_body, media_type="application/json")
 
     routes: list[BaseRoute] = [
-        Route(op.path, _Endpoint(op, forge, web, csrf).handle, methods=[op.method], name=op.name)
+        Route(
+            op.path,
+            _Endpoint(op, forge, web, csrf, closing).handle,
+            methods=[op.method],
+            name=op.name,
+        )
         for op in ops
     ]
     routes += [
@@ -403,5 +420,7 @@ def create_app(
     app.state.forge = forge
     app.state.web = web
     app.state.csrf = csrf
+    app.state.closing = closing
+    """Set it (thread-safe) when shutting down: open event streams end within a second."""
     app.add_middleware(_Guard, allowed_hosts=web.allowed_hosts)
     return app

@@ -275,10 +275,20 @@
     return href ? h("a", { class: `card ${cls || ""}`, href }, body) : h("div", { class: `card ${cls || ""}` }, body);
   }
 
+  // The chart's buckets are 10 s wide: fetching them more often would redraw the same bars.
+  const throughputCache = { at: 0, data: null };
+
+  async function throughput() {
+    if (!throughputCache.data || Date.now() - throughputCache.at > 5000) {
+      throughputCache.data = await api("GET", "/v1/throughput", undefined, { window: 600, step: 10 });
+      throughputCache.at = Date.now();
+    }
+    return throughputCache.data;
+  }
+
   async function overview(seq) {
     const [queues, workers, tp] = await Promise.all([
-      api("GET", "/v1/queues"), api("GET", "/v1/workers"),
-      api("GET", "/v1/throughput", undefined, { window: 600, step: 10 }),
+      api("GET", "/v1/queues"), api("GET", "/v1/workers"), throughput(),
     ]);
     if (seq !== renderSeq) return;
     const t = totals(queues.queues);
