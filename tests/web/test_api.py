@@ -574,3 +574,13 @@ async def test_allowed_hosts_guard_against_dns_rebinding(forge: TaskForge) -> No
         assert "not allowed" in error_of(
             await c.get("/", headers={"Host": "evil.example:8080"}), 403
         )
+
+
+@pytest.mark.parametrize(
+    "op", [op for op in operations() if op.method == "GET"], ids=lambda op: op.name
+)
+async def test_unknown_query_parameters_are_refused(client: httpx.AsyncClient, op: Any) -> None:
+    path = op.path.format(job_id="01ABC", queue="emails")
+    assert "unknown query parameter" in error_of(
+        await client.get(path, params={"stat": "dead"}), 422
+    )
