@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from taskforge import JobStatus, TaskForge
 from taskforge.cli import app as cli_app
-from taskforge.errors import ConfigError, DurabilityError
+from taskforge.errors import ConfigError, DurabilityError, JobNotFound
 from taskforge.redis.connection import parse_url
-from tests.support.ha import Ledger, Producer, running_worker
+from tests.support.ha import Ledger, Producer, enqueue_until_acknowledged, running_worker
 from tests.support.servers import CLUSTER_SLOTS, RedisCluster, RedisServer, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -260,14 +260,15 @@ def test_a_master_killed_under_load_workers_carry_on(
 
 
 def _partition_replica(master: RedisServer, replica: RedisServer) -> None:
-    """Stop replication without stopping the master: freeze the replica, then drop its link
-    (what a network partition between them does). Writes now reach the master only."""
-    replica.freeze()
+    """Stop replication while both nodes stay up, as a partition between them would: the replica
+    is given a wrong master password, then its link is dropped, so it cannot resync. (Freezing the
+    replica would also stall the harness's own CLUSTER NODES calls to it.)"""
+    replica.execute("CONFIG", "SET", "masterauth", "wrong-on-purpose")
     master.execute("CLIENT", "KILL", "TYPE", "replica")
     wait_until(
         lambda: master.info("replication").get("connected_slaves") == 0,
         10,
-        "the master to drop its replica",
+        "the master to lose its replica",
     )
 
 
@@ -305,7 +306,7 @@ def test_asynchronous_replication_loses_acknowledged_jobs_unless_enqueue_waits(
             refused.append(job_id)
     # The master dies with writes no replica has.
     redis_cluster.kill_master([m.port for m in redis_cluster.masters].index(master.port))
-    replica.thaw()
+    replica.execute("CONFIG", "SET", "masterauth", "")
     redis_cluster.wait_for_promotion(30)
     refused_count = len(refused)
     if wait:
@@ -313,8 +314,9 @@ def test_asynchronous_replication_loses_acknowledged_jobs_unless_enqueue_waits(
         # again (the old master rejoins as one), and WAIT confirms each.
         redis_cluster.heal()
         for job_id in refused:
-            job = forge.enqueue_with("record", (job_id,), queue=queue, job_id=job_id)
-            assert job.created, "the refused enqueue did not survive the failover"
+            with pytest.raises(JobNotFound):  # what was refused did die with the old master
+                forge.job(job_id, queue).status()
+            enqueue_until_acknowledged(forge, "record", job_id, queue)
             acknowledged.add(job_id)
         refused = []
     with running_worker(forge, [queue], concurrency=4):
