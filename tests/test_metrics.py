@@ -54,7 +54,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 def fleet(redis_url: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     env = dict(os.environ, TASKFORGE_REDIS_URL=redis_url, TASKFORGE_PREFIX=PREFIX)
     cmd = [sys.executable, "-m", "taskforge", "worker", "tests.web.sample_app:forge",
-           "--queues", "math", "--concurrency", "4", "--log-level", "error"]  # fmt: skip
+           "--queues", "math", "--concurrency", "4", "--log-level", "critical"]  # fmt: skip
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env) for _ in range(2)]
     try:
         yield procs
