@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from taskforge import JobStatus, TaskForge
 from taskforge.cli import app as cli_app
 from taskforge.errors import ConfigError, DurabilityError, JobNotFound
-from taskforge.redis.connection import parse_url
+from taskforge.redis.connection import BLOCK_SLICE_SECONDS, parse_url
 from tests.support.ha import Ledger, Producer, enqueue_until_acknowledged, running_worker
 from tests.support.servers import CLUSTER_SLOTS, RedisCluster, RedisServer, wait_until
 
@@ -215,6 +215,33 @@ def test_slots_resharded_while_jobs_flow_lose_nothing(
     )
     forge.close()
     producer_forge.close()
+
+
+def test_a_worker_blocked_on_a_moving_slot_follows_it(
+    cluster_url: str, redis_cluster: RedisCluster
+) -> None:
+    """Redis answers a client blocked on a key of a slot that moved away with MOVED; redis-py's
+    asyncio cluster client re-issues the BZPOPMIN on the new owner, so an idle worker wakes for
+    the next job at once, not when its blocking slice ends."""
+    queue = QUEUES[1]
+    forge = _forge(cluster_url, Ledger())
+    with running_worker(forge, [queue], recover_seconds=60) as worker:
+        assert forge.enqueue_with("add", (1, 1), queue=queue).result(timeout=15) == 2
+        source = redis_cluster.node_for_slot(_slot(queue))
+        target = next(m for m in redis_cluster.masters if m.port != source.port)
+
+        def blocked_on(node: RedisServer) -> bool:
+            clients = node.execute("CLIENT", "LIST").decode().splitlines()
+            return any("cmd=bzpopmin" in c and "flags=b" in c for c in clients)
+
+        wait_until(lambda: blocked_on(source), 10, "the worker to block on the source")
+        redis_cluster.migrate_slots([_slot(queue)], source, target)
+        wait_until(lambda: blocked_on(target), 10, "the worker to block on the new owner")
+        # Well inside one blocking slice: the wake-up did not wait for the slice to end.
+        job = forge.enqueue_with("add", (2, 2), queue=queue)
+        assert job.result(timeout=BLOCK_SLICE_SECONDS / 2) == 4
+        assert worker.parts["waiters"][0].pops >= 1
+    forge.close()
 
 
 # -- failover -------------------------------------------------------------------------------------
