@@ -13,11 +13,13 @@ from collections import defaultdict
 
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ClusterError, TryAgainError
 from typer.testing import CliRunner
 
 from taskforge import JobStatus, TaskForge
 from taskforge.cli import app as cli_app
 from taskforge.errors import ConfigError, DurabilityError, JobNotFound
+from taskforge.redis import operations as ops
 from taskforge.redis.connection import BLOCK_SLICE_SECONDS, parse_url
 from tests.support.ha import Ledger, Producer, enqueue_until_acknowledged, running_worker
 from tests.support.servers import CLUSTER_SLOTS, RedisCluster, RedisServer, wait_until
@@ -241,6 +243,59 @@ def test_a_worker_blocked_on_a_moving_slot_follows_it(
         job = forge.enqueue_with("add", (2, 2), queue=queue)
         assert job.result(timeout=BLOCK_SLICE_SECONDS / 2) == 4
         assert worker.parts["waiters"][0].pops >= 1
+    forge.close()
+
+
+def test_no_script_runs_on_a_half_migrated_slot(
+    cluster_url: str, redis_cluster: RedisCluster
+) -> None:
+    """A slot's keys move in batches. A script that ran on the old owner after some job records
+    had moved would be stopped by Redis when it touched one, after its first writes (a job popped
+    from `ready` and never leased: lost). The never-written guard key in every script's KEYS makes
+    Redis hold scripts back (ASK, then TRYAGAIN) until the slot has moved."""
+    queue = QUEUES[2]
+    forge = _forge(cluster_url, Ledger())
+    keys = forge.keys(queue)
+    driver = forge.sync_driver()
+
+    def take(count: int) -> list[ops.FetchedJob]:
+        return driver.run(ops.fetch(keys, count, 60_000, "w1", True))[1]
+
+    # Make every declared index key exist, the case in which Redis would run the script.
+    forge.enqueue_with("add", (0, 0), queue=queue, delay=3600)
+    for n in range(5):
+        forge.enqueue_with("add", (n, n), queue=queue)
+    (done,) = take(1)
+    driver.run(ops.complete(keys, [(done.id, done.token, b"")], 3_600_000, True))
+    (buried,) = take(1)
+    driver.run(ops.fail(keys, buried.id, buried.token, b"{}", None, 3_600_000, 3_600_000, True))
+    (held,) = take(1)
+    slot = _slot(queue)
+    source = redis_cluster.node_for_slot(slot)
+    target = next(m for m in redis_cluster.masters if m.port != source.port)
+    assert all(source.execute("EXISTS", key) for key in keys.script_keys[:8])
+    # Move the slot by hand, job records first, and stop halfway.
+    target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", redis_cluster.node_id(source))
+    source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", redis_cluster.node_id(target))
+    in_slot = source.execute("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    records = [key for key in in_slot if b":job:" in key]
+    rest = [key for key in in_slot if b":job:" not in key]
+    source.execute("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *records)
+    fetch = ops.fetch(keys, 2, 60_000, "w1", True)
+    assert fetch.script is not None
+    plain = redis_cluster.client()  # redis-py's own retries only: it gives up while we wait
+    with pytest.raises((TryAgainError, ClusterError)):
+        plain.eval(fetch.script.source, len(fetch.keys), *fetch.keys, *fetch.args)
+    assert source.execute("ZCARD", keys.ready) == 2, "a script ran and popped jobs halfway"
+    # Finish the move: the same fetch now runs on the new owner and finds both jobs.
+    source.execute("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *rest)
+    for node in redis_cluster.masters:
+        node.execute("CLUSTER", "SETSLOT", slot, "NODE", redis_cluster.node_id(target))
+    redis_cluster.wait_converged()
+    taken = take(2)
+    assert len(taken) == 2
+    assert target.execute("ZCARD", keys.active) == 3 and target.execute("EXISTS", keys.ready) == 0
+    assert held.id not in {job.id for job in taken}
     forge.close()
 
 

@@ -76,6 +76,11 @@ class QueueKeys:
             self.wake,
             self.meta,
             self.stats,
+            # Never written. While the queue's slot migrates between cluster nodes, a declared
+            # key that exists nowhere makes Redis answer every script with ASK, then TRYAGAIN,
+            # until the slot has moved: a script never runs beside job records already moved
+            # away (touching one would abort it midway, after its first writes).
+            self.base + "migration-guard",
         )
 
     def job(self, job_id: str) -> str:
