@@ -7,6 +7,7 @@ change the slot layout leave it changed (later tests compute where queues live).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import defaultdict
@@ -183,6 +184,33 @@ def test_wait_on_a_cluster_runs_on_the_master_of_the_queue(
         replica.execute("READONLY")  # the harness client is one connection: reads stay here
         assert replica.execute("EXISTS", f"{PREFIX}:{{{queue}}}:job:{job.id}") == 1
     forge.close()
+
+
+def test_job_events_reach_subscribers_on_a_cluster(cluster_url: str) -> None:
+    """Events are published on the queue's shard and broadcast over the cluster bus; a
+    subscriber on any node sees them (the dashboard and the HTTP API use this stream)."""
+    forge = _forge(cluster_url, Ledger())
+
+    async def first_event(queues: list[str] | None) -> dict[str, object]:
+        stream = forge.inspector.events_async(queues=queues, idle_seconds=0.1)
+        try:
+            for _ in range(100):  # the first read subscribes: events flow from then on
+                job = await forge.enqueue_with_async("add", (1, 1), queue=QUEUES[3])
+                event = await anext(stream)
+                if event is not None:
+                    assert event["queue"] == QUEUES[3] and event["event"] == "enqueued"
+                    assert isinstance(event["id"], str) and event["id"] <= job.id
+                    return event
+            raise AssertionError("no job event arrived")
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        await first_event(None)
+        await first_event([QUEUES[3]])
+        await forge.aclose()
+
+    asyncio.run(main())
 
 
 # -- resharding -----------------------------------------------------------------------------------

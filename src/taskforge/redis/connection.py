@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 import redis.asyncio as aredis
 from redis import exceptions as rex
+from redis.asyncio.cluster import ClusterPubSub as AsyncClusterPubSub
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
@@ -282,6 +283,20 @@ class AsyncFailoverCluster(AsyncRedisCluster):
         async with self._ready_lock:
             if getattr(self, "_initialize", False):
                 await self.initialize()
+
+    def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        return _InitializingPubSub(self, node=node, host=host, port=port, **kwargs)
+
+
+class _InitializingPubSub(AsyncClusterPubSub):
+    """redis-py's cluster pub/sub picks a node from the slot map without loading it first: a
+    fresh client fails with KeyError on its first SUBSCRIBE."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        cluster = self.cluster
+        if isinstance(cluster, AsyncFailoverCluster):
+            await cluster._ensure_initialized()
+        return await super().execute_command(*args, **kwargs)
 
 
 class SentinelManagedRedis(redis.Redis):
