@@ -268,10 +268,17 @@ class AsyncFailoverCluster(AsyncRedisCluster):
         while True:
             try:
                 return await super().execute_command(*args, **kwargs)
-            except _TOPOLOGY_ERRORS:
+            except (*_TOPOLOGY_ERRORS, AttributeError) as exc:
+                # While it re-learns the topology after a failover, redis-py may close a
+                # connection that another coroutine is about to write on; the write then fails
+                # on the dropped stream (AttributeError on None) before anything was sent.
+                if isinstance(exc, AttributeError) and "'NoneType'" not in str(exc):
+                    raise
                 patience = patience or _Patience()
                 delay = patience.next_delay()
                 if delay is None:
+                    if isinstance(exc, AttributeError):
+                        raise rex.ConnectionError(f"connection lost: {exc}") from exc
                     raise
                 await asyncio.sleep(delay)
 
