@@ -6,6 +6,7 @@ from .client import Job, TaskForge
 from .config import Settings
 from .errors import (
     ConfigError,
+    DurabilityError,
     JobCanceled,
     JobDead,
     JobFailed,
@@ -26,6 +27,7 @@ from .worker import JobContext, Middleware, Worker, WorkerConfig, current_job
 
 __all__ = [
     "ConfigError",
+    "DurabilityError",
     "Inspector",
     "Job",
     "JobCanceled",
