@@ -106,6 +106,8 @@ class Settings:
             raise ConfigError("max_payload_bytes must be at least 1024")
         if self.max_redeliveries < 1:
             raise ConfigError("max_redeliveries must be at least 1")
+        if self.isolate_after_redeliveries < 0:
+            raise ConfigError("isolate_after_redeliveries cannot be negative (0 turns it off)")
         if self.default_max_attempts < 1:
             raise ConfigError("default_max_attempts must be at least 1")
         if self.wait_replicas < 0:

@@ -8,6 +8,7 @@ written once as a flow and driven by either driver.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -120,7 +121,8 @@ class SyncDriver:
         # Only a plain pool: Sentinel and Cluster clients must route every call themselves.
         self._direct_pool = pool if type(pool) is redis.ConnectionPool else None
         self._local = threading.local()
-        self._direct_conns: list[Any] = []
+        # Weak: a producer thread's connection goes away with the thread, not only at close().
+        self._direct_conns: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def run(self, op: Op[T]) -> T:
         self.round_trips += 1
@@ -151,7 +153,7 @@ class SyncDriver:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._direct_pool.make_connection()
-            self._direct_conns.append(conn)
+            self._direct_conns.add(conn)
         try:
             conn.send_command("EVALSHA", op.script.sha, *args)
             return conn.read_response()
@@ -204,7 +206,7 @@ class SyncDriver:
             flow.close()
 
     def close(self) -> None:
-        for conn in self._direct_conns:
+        for conn in list(self._direct_conns):
             conn.disconnect()
         self._direct_conns.clear()
         self._local = threading.local()

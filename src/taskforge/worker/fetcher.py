@@ -50,6 +50,7 @@ class Fetcher:
         self.events = events
         self.start = start
         self.isolate_after = isolate_after
+        self.isolating = False
         self.maybe_ready: set[str] = {k.queue for k in queue_keys}
         self.hints: dict[str, int] = dict.fromkeys(self.maybe_ready, 0)
         """Hints per queue so far: a fetch that comes back short drops its queue from
@@ -69,6 +70,8 @@ class Fetcher:
         While the highest-priority queue is known to have work, markers tell us nothing new;
         leaving them unpopped lets an idle worker elsewhere take them (and saves a round trip
         per fetch). With weights every queue may come first, so all are wanted."""
+        if self.isolating:
+            return False  # nothing else may start here until the isolated job is done
         if self.state.config.weights is not None:
             return True
         best = min((self.rank[q] for q in self.maybe_ready), default=len(self.rank))
@@ -152,10 +155,15 @@ class Fetcher:
             lease.job.task,
             lease.job.redeliveries,
         )
-        await state.slots.wait_idle()
-        state.slots.take(1)
-        self.start(lease)
-        await state.slots.wait_idle()
+        self.isolating = True
+        try:
+            await state.slots.wait_idle()
+            state.slots.take(1)
+            self.start(lease)
+            await state.slots.wait_idle()
+        finally:
+            self.isolating = False
+            self.drained.set()  # waiters stood down meanwhile: let them listen again
 
     async def _higher_queue_has_work(self, keys: QueueKeys) -> bool:
         """Strict priority: before serving a lower queue, look at the queues before it if
