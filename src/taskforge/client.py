@@ -434,10 +434,27 @@ class TaskForge:
         opts = _enqueue_options(options)
         if opts["key"] is not None or opts["job_id"] is not None:
             raise ValidationError("enqueue_many takes no key= or job_id=: they name one job")
-        specs = []
+        specs: list[JobSpec] = []
+        limit = self.settings.max_payload_bytes
         for item in items:
             args, kwargs = split_item(item)
-            specs.append(self._spec(name, args, kwargs, task, **opts))
+            if not specs:
+                specs.append(self._spec(name, args, kwargs, task, **opts))  # checks the options
+                continue
+            first = specs[0]  # the options are the same for every job of the batch
+            specs.append(
+                JobSpec(
+                    new_job_id(),
+                    name,
+                    encode_payload(args, kwargs or {}, limit),
+                    first.priority,
+                    first.max_attempts,
+                    first.timeout_ms,
+                    first.delay_ms,
+                    first.at_ms,
+                    "",
+                )
+            )
         return keys, specs
 
     def enqueue_many(
