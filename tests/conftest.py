@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import redis
 
 from tests.support.proxy import FaultProxy
 from tests.support.servers import (
@@ -24,6 +25,7 @@ from tests.support.servers import (
     server_kind,
     tls_supported,
 )
+from tests.support.workers import AppFactory, WorkerPool, app_factory, worker_pool
 
 
 class ServerFactory(Protocol):
@@ -161,3 +163,26 @@ def fault_proxy(
 ) -> FaultProxy:
     """A FaultProxy in front of the (flushed) shared server; `fault_proxy.url` to connect."""
     return proxy_factory(redis_server_session)
+
+
+# -- apps and in-process workers (tests/support/workers.py) -------------------------------------
+
+
+@pytest.fixture
+def workers() -> Iterator[WorkerPool]:
+    """In-process workers started by the test; stopped (and their crashes re-raised) at the end."""
+    yield from worker_pool()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client of the test's server, for checking what is stored."""
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
+    """Callable making TaskForge apps with short leases, closed at test end."""
+    yield from app_factory(redis_url)

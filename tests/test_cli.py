@@ -22,18 +22,13 @@ from typer.testing import CliRunner
 from taskforge import JobDead, JobStatus
 from taskforge.cli import app
 from taskforge.embedded import stop_embedded
-from tests.support.workers import AppFactory, WorkerPool, app_factory, wait_for, wait_for_status
+from tests.support.workers import AppFactory, WorkerPool, wait_for, wait_for_status
 from tests.support.workers import worker_pool as _worker_pool
 
 
 @pytest.fixture
 def workers() -> Iterator[WorkerPool]:
     yield from _worker_pool()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,29 +29,9 @@ from tests.support.redisstate import CommandCounts, count_round_trips, snapshot
 from tests.support.workers import (
     AppFactory,
     WorkerPool,
-    app_factory,
     wait_for,
     wait_for_status,
-    worker_pool,
 )
-
-
-@pytest.fixture
-def workers() -> Iterator[WorkerPool]:
-    yield from worker_pool()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
-
 
 # -- enqueue ------------------------------------------------------------------------------------
 

@@ -9,18 +9,13 @@ import pytest
 import redis
 
 from taskforge import ConfigError, JobNotFound, JobStatus, Settings, TaskForge
-from tests.support.workers import AppFactory, WorkerPool, app_factory
+from tests.support.workers import AppFactory, WorkerPool
 from tests.support.workers import worker_pool as _worker_pool
 
 
 @pytest.fixture
 def workers() -> Iterator[WorkerPool]:
     yield from _worker_pool()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
 
 
 def test_defaults() -> None:

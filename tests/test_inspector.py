@@ -13,25 +13,13 @@ import redis
 
 from taskforge import JobDead, JobNotFound, JobStatus, Retry, ValidationError
 from tests.support.servers import server_binary, server_kind, server_version
-from tests.support.workers import AppFactory, WorkerPool, app_factory, wait_for, wait_for_status
+from tests.support.workers import AppFactory, WorkerPool, wait_for, wait_for_status
 from tests.support.workers import worker_pool as _worker_pool
 
 
 @pytest.fixture
 def workers() -> Iterator[WorkerPool]:
     yield from _worker_pool()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    yield r
-    r.close()
 
 
 def test_dead_letters_list_inspect_requeue_and_purge(

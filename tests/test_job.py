@@ -15,25 +15,13 @@ import redis
 
 from taskforge import JobCanceled, JobNotFound, JobStatus, Retry, ValidationError, current_job
 from taskforge.job import FINAL_STATES, PRIORITY_LEVELS, JobRecord, new_job_id, parse_priority
-from tests.support.workers import AppFactory, WorkerPool, app_factory, wait_for, wait_for_status
+from tests.support.workers import AppFactory, WorkerPool, wait_for, wait_for_status
 from tests.support.workers import worker_pool as _worker_pool
 
 
 @pytest.fixture
 def workers() -> Iterator[WorkerPool]:
     yield from _worker_pool()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    yield r
-    r.close()
 
 
 # -- pure ---------------------------------------------------------------------------------------

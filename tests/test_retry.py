@@ -13,18 +13,13 @@ from collections.abc import Iterator
 import pytest
 
 from taskforge import JobDead, JobStatus, Retry, RetryPolicy, current_job
-from tests.support.workers import AppFactory, WorkerPool, app_factory, wait_for_status
+from tests.support.workers import AppFactory, WorkerPool, wait_for_status
 from tests.support.workers import worker_pool as _worker_pool
 
 
 @pytest.fixture
 def workers() -> Iterator[WorkerPool]:
     yield from _worker_pool()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
 
 
 # -- the policy ---------------------------------------------------------------------------------

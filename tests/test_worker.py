@@ -7,7 +7,6 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,30 +27,10 @@ from taskforge.worker import JobContext
 from tests.support.workers import (
     AppFactory,
     WorkerPool,
-    app_factory,
     async_worker,
     wait_for,
     wait_for_status,
-    worker_pool,
 )
-
-
-@pytest.fixture
-def workers() -> Iterator[WorkerPool]:
-    yield from worker_pool()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def make_app(redis_url: str, workers: WorkerPool) -> Iterator[AppFactory]:
-    yield from app_factory(redis_url)
-
 
 # -- configuration ------------------------------------------------------------------------------
 
