@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import redis
 
 from taskforge import JobCanceled, JobNotFound, JobStatus, Retry, ValidationError, current_job
 from taskforge.job import FINAL_STATES, PRIORITY_LEVELS, JobRecord, new_job_id, parse_priority
+from taskforge.redis import operations as ops
 from tests.support.workers import AppFactory, WorkerPool, wait_for, wait_for_status
 from tests.support.workers import worker_pool as _worker_pool
 
@@ -156,6 +158,58 @@ def test_scheduled_queued_active_completed(
         gates["hold"].set()
         gates["job"].set()
         pubsub.close()
+
+
+def test_a_job_due_soon_is_leased_ahead_and_handed_back_to_scheduled(
+    make_app: AppFactory, client: redis.Redis
+) -> None:
+    """A fetch with ahead_ms leases jobs due that soon straight from `scheduled` (never `ready`,
+    where another worker could start them early); released, they go back to `scheduled`."""
+    forge = make_app()
+    keys = forge.keys("default")
+    driver = forge.sync_driver()
+    due_at = datetime.now(UTC) + timedelta(seconds=0.25)
+    soon = forge.enqueue_with("t", at=due_at)
+    later = forge.enqueue_with("t", delay=60)
+    now_ms, jobs = driver.run(ops.fetch(keys, 10, 30_000, "w1", False, 0, 1_000))
+    assert [j.id for j in jobs] == [soon.id]
+    (job,) = jobs
+    assert job.due_ms == pytest.approx(due_at.timestamp() * 1000, abs=0.02)
+    assert 0 < job.due_ms - now_ms <= 250.1
+    assert client.zscore(keys.ready, soon.id) is None
+    assert client.zscore(keys.scheduled, soon.id) is None
+    assert client.zscore(keys.scheduled, later.id) is not None
+    info = soon.info()
+    assert info.status is JobStatus.ACTIVE and info.started_at == info.due_at
+
+    assert driver.run(ops.release(keys, [(job.id, job.token)], False)) == 1
+    info = soon.info()
+    assert info.status is JobStatus.SCHEDULED and info.attempt == 0
+    assert client.zscore(keys.scheduled, soon.id) == pytest.approx(job.due_ms)
+    assert client.zscore(keys.ready, soon.id) is None
+
+
+def test_delayed_jobs_start_at_their_due_time_never_before(
+    make_app: AppFactory, workers: WorkerPool
+) -> None:
+    forge = make_app()
+    started: dict[str, float] = {}
+
+    @forge.task
+    async def stamp(name: str) -> None:
+        started[name] = time.time()
+
+    workers.start(forge, concurrency=4)
+    base = datetime.now(UTC)
+    due = {f"j{i}": base + timedelta(seconds=0.3 + 0.037 * i) for i in range(8)}
+    for name, at in due.items():
+        stamp.enqueue_with((name,), at=at)
+    wait_for(lambda: len(started) == len(due), 10, "the delayed jobs")
+    for name, at in due.items():
+        # Redis and this test read the same clock; `at=` keeps microseconds.
+        early = at.timestamp() - started[name]
+        assert early <= 0.0001, f"{name} started {early * 1000:.2f} ms before it was due"
+        assert -early < 1.0, f"{name} started {-early:.3f} s late"
 
 
 def test_retrying_then_dead(make_app: AppFactory, workers: WorkerPool, client: redis.Redis) -> None:

@@ -259,7 +259,8 @@ class TaskForge:
         opts = task.options if task is not None else None
         if delay is not None and at is not None:
             raise ValidationError("pass either delay= or at=, not both")
-        delay_ms = at_ms = 0
+        delay_ms = 0
+        at_ms = 0.0
         if delay is not None:
             if not _is_seconds(delay) or delay < 0:
                 raise ValidationError(f"delay must be non-negative seconds, got {delay!r}")
@@ -267,7 +268,8 @@ class TaskForge:
         if at is not None:
             if not isinstance(at, datetime):
                 raise ValidationError(f"at= must be a datetime, got {type(at).__name__}")
-            at_ms = max(1, round(at.timestamp() * 1000))
+            # To the microsecond: a worker starts the job at this time, not at the next ms.
+            at_ms = max(1.0, round(at.timestamp() * 1000.0, 3))
         attempts = max_attempts if max_attempts is not None else (opts and opts.max_attempts)
         if attempts is None:
             attempts = self.settings.default_max_attempts

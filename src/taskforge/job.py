@@ -101,10 +101,11 @@ class JobSpec:
     max_attempts: int
     timeout_ms: int
     delay_ms: int
-    at_ms: int
+    at_ms: float
+    """Absolute due time, ms on the Redis clock (to the microsecond); 0 = none."""
     key: str
 
-    def script_args(self) -> tuple[str | bytes | int, ...]:
+    def script_args(self) -> tuple[str | bytes | int | float, ...]:
         return (
             self.id,
             self.task,
@@ -121,7 +122,7 @@ class JobSpec:
 def _ms_to_datetime(value: Any) -> datetime | None:
     if value in (None, b"", b"0", 0):
         return None
-    return datetime.fromtimestamp(int(value) / 1000.0, tz=UTC)
+    return datetime.fromtimestamp(float(value) / 1000.0, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,8 @@ class FetchedJob:
     queue: str
     isolated: bool = False
     """It crashed workers before: run it alone (see fetch.lua)."""
+    due_ms: float = 0.0
+    """Leased ahead of its due time (ms, Redis clock): start it then, not before. 0 = now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +100,15 @@ def fetch(
     worker_id: str,
     events: bool,
     isolate_after: int = 0,
-) -> Op[tuple[int, list[FetchedJob]]]:
+    ahead_ms: int = 0,
+) -> Op[tuple[float, list[FetchedJob]]]:
+    """Returns (Redis time in ms, to the microsecond; the jobs leased)."""
     queue = keys.queue
 
-    def parse(reply: list[Any]) -> tuple[int, list[FetchedJob]]:
+    def parse(reply: list[Any]) -> tuple[float, list[FetchedJob]]:
         jobs = []
         isolated = reply[2] == 1
-        for i in range(3, len(reply), 10):
+        for i in range(4, len(reply), 11):
             jobs.append(
                 FetchedJob(
                     _s(reply[i]),
@@ -119,9 +123,10 @@ def fetch(
                     int(reply[i + 9] or 10),
                     queue,
                     isolated,
+                    float(reply[i + 10]),
                 )
             )
-        return int(reply[0]), jobs
+        return int(reply[0]) + int(reply[3]) / 1000.0, jobs
 
     args = (
         keys.base,
@@ -132,6 +137,7 @@ def fetch(
         worker_id,
         max(count, 100),
         isolate_after,
+        ahead_ms,
     )
     return script("fetch", keys.script_keys, args, parse)
 

@@ -18,7 +18,7 @@ from ..serialization import (
 )
 from .context import JobContext, bind, unbind
 from .middleware import call_hook
-from .state import Lease, WorkerState
+from .state import Lease, RedisClock, WorkerState
 from .threads import ThreadRunner
 
 if TYPE_CHECKING:
@@ -57,6 +57,21 @@ def _describe(exc: BaseException) -> str:
         return repr_or_type(exc)
 
 
+async def _until(local_time: float) -> None:
+    """Returns at ``local_time`` (``RedisClock.local``), not before and rarely 50 us after.
+
+    Event-loop timers are only as fine as the loop's poll timeout (a millisecond), so the last
+    stretch yields to the loop instead of sleeping: other jobs keep running meanwhile."""
+    remaining = local_time - RedisClock.local()
+    if remaining > _SPIN_SECONDS:
+        await asyncio.sleep(remaining - _SPIN_SECONDS)
+    while RedisClock.local() < local_time:
+        await asyncio.sleep(0)
+
+
+_SPIN_SECONDS = 0.0015
+
+
 class Executor:
     def __init__(
         self, forge: TaskForge, state: WorkerState, acker: Acker, threads: ThreadRunner
@@ -77,6 +92,8 @@ class Executor:
     async def _run(self, lease: Lease) -> None:
         job = lease.job
         try:
+            if lease.not_before:
+                await _until(lease.not_before)
             await self._execute(lease)
         except asyncio.CancelledError:
             reason = lease.ctx.stop_reason if lease.ctx else None

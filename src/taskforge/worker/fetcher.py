@@ -25,9 +25,16 @@ from ..redis.ops import Op, command
 from .backoff import Backoff
 from .state import Lease, WorkerState
 
-__all__ = ["Fetcher", "Waiter"]
+__all__ = ["AHEAD_MS", "LEAD_SECONDS", "Fetcher", "Waiter"]
 
 log = logging.getLogger("taskforge.worker")
+
+LEAD_SECONDS = 0.005
+"""A waiter's timer for a delayed job fires this long before the due time, so that the fetch
+(which leases jobs due within AHEAD_MS) is back before the job must start."""
+AHEAD_MS = 10
+"""Free slots may lease scheduled jobs due within this many ms; the worker holds them and starts
+each at its due time. Longer would keep slots idle and jobs from other workers for longer."""
 
 
 class Fetcher:
@@ -125,10 +132,17 @@ class Fetcher:
             sent = state.clock.local()
             now_ms, jobs = await self.driver.run(
                 ops.fetch(
-                    keys, want, self.lease_ms, state.worker_id, self.events, self.isolate_after
+                    keys,
+                    want,
+                    self.lease_ms,
+                    state.worker_id,
+                    self.events,
+                    self.isolate_after,
+                    AHEAD_MS,
                 )
             )
-            state.clock.observe(now_ms, sent, state.clock.local())
+            received = state.clock.local()
+            state.clock.observe(now_ms, sent, received)
             self.fetches += 1
             if len(jobs) < want and self.hints.get(keys.queue, 0) == hints_before:
                 self.maybe_ready.discard(keys.queue)
@@ -140,6 +154,10 @@ class Fetcher:
                 state.slots.take(len(jobs))
                 for job in jobs:
                     lease = Lease(job, keys)
+                    if job.due_ms:
+                        # Redis read its clock before `received`: counting the wait from there
+                        # can start the job a little late, never early.
+                        lease.not_before = received + (job.due_ms - now_ms) / 1000.0
                     state.leases[job.id] = lease
                     self.start(lease)
                 return
@@ -242,7 +260,8 @@ class Waiter:
         keys = self.by_wake_key.get(wake_key)
         if keys is None:
             return
-        if member == b"r" or score <= self.state.clock.now_ms():
+        lead_ms = LEAD_SECONDS * 1000.0
+        if member == b"r" or score - lead_ms <= self.state.clock.now_ms():
             self.fetcher.hint(keys.queue)
             return
         current = self.timers.get(keys.queue)
@@ -250,20 +269,28 @@ class Waiter:
             return
         if current is not None:
             current[1].cancel()
-        # A millisecond late rather than early: due times are whole ms on the Redis clock, and
-        # a timer that fires before Redis agrees only costs a fetch that finds nothing.
-        delay = self.state.clock.seconds_until(score) + 0.001
-        handle = asyncio.get_running_loop().call_later(delay, self._due, keys)
+        delay = self.state.clock.seconds_until(score - lead_ms)
+        handle = asyncio.get_running_loop().call_later(delay, self._due, keys, score)
         self.timers[keys.queue] = (score, handle)
 
-    def _due(self, keys: QueueKeys) -> None:
+    def _due(self, keys: QueueKeys, score: float) -> None:
         self.timers.pop(keys.queue, None)
         if self.state.stopping.is_set():
             return
         if self.state.slots.free > 0:
-            self.fetcher.hint(keys.queue)  # the fetch promotes the due jobs and takes them
+            # The fetch leases the jobs due within AHEAD_MS; they start at their due times.
+            self.fetcher.hint(keys.queue)
             return
-        # Busy here: move the due jobs to ready, so that idle workers wake up and take them.
+        # Busy here: once they are due, move the jobs to ready, so that idle workers wake up and
+        # take them. A millisecond late rather than early: a promotion before Redis agrees finds
+        # nothing.
+        loop = asyncio.get_running_loop()
+        delay = self.state.clock.seconds_until(score) + 0.001
+        loop.call_later(delay, self._promote_soon, keys)
+
+    def _promote_soon(self, keys: QueueKeys) -> None:
+        if self.state.stopping.is_set():
+            return
         task = asyncio.get_running_loop().create_task(self._promote(keys))
         self.promotions.add(task)
         task.add_done_callback(self.promotions.discard)

@@ -108,7 +108,7 @@ class RedisClock:
         """This machine's clock; every reading that feeds ``observe`` must come from here."""
         return time.time()
 
-    def observe(self, redis_now_ms: int, sent_at: float, received_at: float) -> None:
+    def observe(self, redis_now_ms: float, sent_at: float, received_at: float) -> None:
         # The server read its clock somewhere in the round trip; the midpoint is the best guess.
         self.offset_ms = redis_now_ms - (sent_at + received_at) * 500.0
 
@@ -129,6 +129,9 @@ class Lease:
     runner: asyncio.Task[None] | None = None
     finished: bool = False
     """The run is over and its outcome is waiting to be sent; the lease is still renewed."""
+    not_before: float = 0.0
+    """Local clock (``RedisClock.local``) time before which the job must not start: a job
+    leased ahead of its due time (see fetch.lua). 0 = start now."""
 
 
 @dataclass(slots=True)
