@@ -47,9 +47,12 @@ def redis_benchmark(port: int, requests: int) -> dict[str, float]:
     return out
 
 
-def bare_redispy(python: Path, url: str, count: int, seconds: float) -> dict[str, Any]:
+def bare_redispy(
+    python: Path, url: str, count: int, seconds: float, latency_samples: int
+) -> dict[str, Any]:
+    script = str(ADAPTERS_DIR / "ceiling_redispy.py")
     done = subprocess.run(
-        [str(python), str(ADAPTERS_DIR / "ceiling_redispy.py"), url, str(count), str(seconds)],
+        [str(python), script, url, str(count), str(seconds), str(latency_samples)],
         capture_output=True,
         timeout=seconds * 6 + 120,
         check=False,

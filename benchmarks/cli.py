@@ -83,8 +83,8 @@ def _settings(args: argparse.Namespace, log_dir: Path) -> tuple[Settings, int]:
     s = Settings(
         jobs=args.jobs or 20_000,
         phase_seconds=args.phase_seconds or 4.0,
-        latency_samples=150,
-        delayed_jobs=40,
+        latency_samples=300,
+        delayed_jobs=200,
         delay_range=(0.2, 1.2),
         idle_seconds=3.0,
         processes=os.cpu_count() or 2,
@@ -160,13 +160,17 @@ def _run_ceilings(
             out[f"redis-benchmark {key}"] = rps
         harness.reset()
     count = 2_000 if smoke else settings.jobs * 5
-    bare = ceilings.bare_redispy(tools_python, redis.url, count, settings.phase_seconds)
+    bare = ceilings.bare_redispy(
+        tools_python, redis.url, count, settings.phase_seconds, settings.latency_samples
+    )
     names = {
         "push_single": "redis-py LPUSH one at a time",
         "pop_single": "redis-py BRPOP one at a time",
         "push_batched": "redis-py LPUSH pipelined by 100",
         "pop_batched": "redis-py LMPOP 100 at a time",
         "end_to_end": "redis-py end to end (pipelined LPUSH, BLMPOP consumer)",
+        "pickup_p50_ms": "pickup floor p50, ms: redis-py LPUSH -> BLPOP in another process",
+        "pickup_p99_ms": "pickup floor p99, ms: redis-py LPUSH -> BLPOP in another process",
     }
     for key, value in bare.items():
         out[names.get(key, key)] = value

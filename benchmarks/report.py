@@ -95,10 +95,14 @@ def print_table(results: dict[str, Any]) -> None:
     if ceilings:
         ct = Table(title="Ceilings on this machine (median of runs)")
         ct.add_column("measurement")
-        ct.add_column("ops/s", justify="right")
+        ct.add_column("ops/s (or ms)", justify="right")
         for key, stats in ceilings.items():
-            ct.add_row(key, fmt_range(stats, 0))
+            ct.add_row(key, fmt_range(stats, _ceiling_decimals(key)))
         console.print(ct)
+
+
+def _ceiling_decimals(name: str) -> int:
+    return 2 if ", ms" in name else 0
 
 
 def _load(meta: dict[str, Any], when: str) -> str:
@@ -149,9 +153,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"- {labels[name]}: {text}")
     ceilings = results.get("ceilings", {}).get("summary", {})
     if ceilings:
-        lines += ["", "### Ceilings (ops/s, median of runs)", "", "| measurement | ops/s |"]
-        lines.append("|---|---:|")
-        lines += [f"| {k} | {fmt_range(v, 0)} |" for k, v in ceilings.items()]
+        lines += ["", "### Ceilings (ops/s, or ms where named; median of runs)", ""]
+        lines += ["| measurement | value |", "|---|---:|"]
+        lines += [f"| {k} | {fmt_range(v, _ceiling_decimals(k))} |" for k, v in ceilings.items()]
     errors = [
         f"- {labels[n]}: {e}" for n, s in results["systems"].items() for e in s.get("errors", [])
     ]
