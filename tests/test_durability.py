@@ -84,6 +84,9 @@ def test_a_lagging_replica_makes_enqueue_fail_clearly_and_a_retry_is_safe(
         assert primary.execute("EXISTS", f"{PREFIX}:{{orders}}:job:order7") == 1
     finally:
         replica.thaw()
+    forge.close()
+    # The thawed replica has to catch up first: the retry may wait for it longer.
+    forge = _forge(primary.url, wait_replicas=1, wait_timeout_ms=5000)
     again = forge.enqueue_with("ship", (7,), job_id="order7")
     assert again.id == "order7" and not again.created  # the retry created nothing twice
     assert _on_replica(replica, "order7")
