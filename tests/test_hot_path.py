@@ -14,7 +14,17 @@ import redis
 from taskforge import TaskForge, Worker
 from tests.support.servers import wait_until
 
-TOP_LEVEL = ("evalsha", "eval", "bzpopmin", "blpop", "sadd", "info", "config|get", "hello")
+TOP_LEVEL = (
+    "evalsha",
+    "eval",
+    "bzpopmin",
+    "bzmpop",
+    "blpop",
+    "sadd",
+    "info",
+    "config|get",
+    "hello",
+)
 
 
 def top_level_calls(client: redis.Redis) -> int:

@@ -171,7 +171,7 @@ def test_a_job_due_soon_is_leased_ahead_and_handed_back_to_scheduled(
     due_at = datetime.now(UTC) + timedelta(seconds=0.25)
     soon = forge.enqueue_with("t", at=due_at)
     later = forge.enqueue_with("t", delay=60)
-    now_ms, jobs = driver.run(ops.fetch(keys, 10, 30_000, "w1", False, 0, 1_000))
+    now_ms, jobs, _ = driver.run(ops.fetch(keys, 10, 30_000, "w1", False, 0, 1_000))
     assert [j.id for j in jobs] == [soon.id]
     (job,) = jobs
     assert job.due_ms == pytest.approx(due_at.timestamp() * 1000, abs=0.02)

@@ -281,15 +281,15 @@ def test_a_missing_permission_is_named_in_the_error(
     forge.close()
 
 
-def test_a_worker_without_bzpopmin_says_so(
+def test_a_worker_without_bzmpop_says_so(
     redis_factory: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rules = acl_rules(PREFIX, recent=RECENT).replace("+bzpopmin", "")
+    rules = acl_rules(PREFIX, recent=RECENT).replace("+bzmpop", "")
     server = redis_factory(name="acl", acl_lines=[f"user tf-app on >pw {rules}"])
     forge = _app(server.url_for(username="tf-app", password="pw"))
     with caplog.at_level(logging.WARNING, "taskforge"), running_worker(forge, ["default"]):
         wait_until(
-            lambda: any("may not run BZPOPMIN" in r.getMessage() for r in caplog.records),
+            lambda: any("may not run BZMPOP" in r.getMessage() for r in caplog.records),
             15,
             "the worker to report the missing permission",
         )

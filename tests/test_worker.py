@@ -657,16 +657,18 @@ def test_a_busy_worker_leaves_due_jobs_to_an_idle_one(
 
 def test_graceful_stop_lets_running_jobs_finish(make_app: AppFactory, workers: WorkerPool) -> None:
     forge = make_app()
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     @forge.task
     def slow() -> str:
+        running.set()
         gate.wait(10)
         return "finished"
 
     worker = workers.start(forge, grace_seconds=20)
     job = slow.enqueue()
-    wait_for_status(job, JobStatus.ACTIVE)
+    # Running, not just leased: a job handed to an idle worker is active before it starts.
+    assert running.wait(10)
     stopper = threading.Thread(target=worker.stop)
     stopper.start()
     wait_for(lambda: worker.worker.state and worker.worker.state.stopping.is_set(), 10, "stop")

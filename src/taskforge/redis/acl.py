@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "hget",
     "hgetall",
     "hincrby",
+    "hrandfield",
     "hmget",
     "hset",
     "pexpire",
@@ -53,6 +54,7 @@ COMMANDS: tuple[str, ...] = (
     "sadd",
     "smembers",
     # Waiting: workers for work, producers for results.
+    "bzmpop",
     "bzpopmin",
     "blpop",
     # Job events (the dashboard, `taskforge events`).

@@ -46,6 +46,7 @@ class QueueKeys:
         "dead",
         "meta",
         "metrics",
+        "parked",
         "queue",
         "ready",
         "scheduled",
@@ -66,6 +67,7 @@ class QueueKeys:
         self.meta = self.base + "meta"  # HASH: seq, paused
         self.stats = self.base + "stats"  # HASH: counters per event
         self.metrics = self.base + "metrics"  # HASH: per-task counters, histogram buckets
+        self.parked = self.base + "parked"  # HASH worker id -> "capacity lease_ms expires_ms"
         self.channel = f"{prefix}:events:{queue}"  # pub/sub channel of job events
         self.script_keys = (
             self.ready,
@@ -81,6 +83,7 @@ class QueueKeys:
             # until the slot has moved: a script never runs beside job records already moved
             # away (touching one would abort it midway, after its first writes).
             self.base + "migration-guard",
+            self.parked,
         )
 
     def job(self, job_id: str) -> str:
@@ -88,6 +91,9 @@ class QueueKeys:
 
     def idempotency(self, key: str) -> str:
         return self.base + "key:" + key  # STRING -> job id
+
+    def inbox(self, worker_id: str) -> str:
+        return self.base + "inbox:" + worker_id  # ZSET: jobs handed to a parked worker
 
     def done(self, job_id: str) -> str:
         return self.base + "done:" + job_id  # LIST: wake-ups for result() waiters

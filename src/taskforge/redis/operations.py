@@ -24,7 +24,9 @@ __all__ = [
     "extend",
     "fail",
     "fetch",
+    "inbox_jobs",
     "job_fields",
+    "park",
     "pause",
     "progress",
     "promote",
@@ -101,14 +103,17 @@ def fetch(
     events: bool,
     isolate_after: int = 0,
     ahead_ms: int = 0,
-) -> Op[tuple[float, list[FetchedJob]]]:
-    """Returns (Redis time in ms, to the microsecond; the jobs leased)."""
+    park_free: int = 0,
+    park_ms: int = 0,
+) -> Op[tuple[float, list[FetchedJob], int]]:
+    """Returns (Redis time in ms, to the microsecond; the jobs leased; the capacity the worker is
+    parked with, 0 = not parked). ``park_free``: the worker's free slots (0 = never park)."""
     queue = keys.queue
 
-    def parse(reply: list[Any]) -> tuple[float, list[FetchedJob]]:
+    def parse(reply: list[Any]) -> tuple[float, list[FetchedJob], int]:
         jobs = []
         isolated = reply[2] == 1
-        for i in range(4, len(reply), 11):
+        for i in range(5, len(reply), 11):
             jobs.append(
                 FetchedJob(
                     _s(reply[i]),
@@ -126,7 +131,7 @@ def fetch(
                     float(reply[i + 10]),
                 )
             )
-        return int(reply[0]) + int(reply[3]) / 1000.0, jobs
+        return int(reply[0]) + int(reply[3]) / 1000.0, jobs, int(reply[4])
 
     args = (
         keys.base,
@@ -138,17 +143,26 @@ def fetch(
         max(count, 100),
         isolate_after,
         ahead_ms,
+        park_free,
+        park_ms,
     )
     return script("fetch", keys.script_keys, args, parse)
 
 
 def complete(
-    keys: QueueKeys, items: Sequence[tuple[str, str, bytes]], retention_ms: int, events: bool
+    keys: QueueKeys,
+    items: Sequence[tuple[str, str, bytes]],
+    retention_ms: int,
+    events: bool,
+    parked: tuple[str, int, int] | None = None,
 ) -> Op[list[bool]]:
-    """``items``: (job id, token, encoded result or b'' for None)."""
+    """``items``: (job id, token, encoded result or b'' for None). ``parked``: (worker id, free
+    slots, park_ms) to renew that worker's parking on this queue, if it has one."""
     args: list[Arg] = [keys.base, _channel(keys, events), keys.queue, retention_ms, len(items)]
     for job_id, token, result in items:
         args.extend((job_id, token, result))
+    if parked is not None:
+        args.extend(parked)
     return script("complete", keys.script_keys, args, lambda r: [x == 1 for x in r[1:]])
 
 
@@ -212,6 +226,41 @@ def recover(
     return script(
         "recover", keys.script_keys, args, lambda r: (int(r[0]), int(r[1]), int(r[2]), int(r[3]))
     )
+
+
+def park(
+    keys: QueueKeys, worker_id: str, capacity: int, lease_ms: int, park_ms: int, events: bool
+) -> Op[tuple[int, int]]:
+    """Renews a parking (capacity > 0) or leaves it, handing back the unpopped inbox jobs.
+    Returns (capacity parked with, 0 = not parked; jobs handed back)."""
+    args = (keys.base, _channel(keys, events), keys.queue, worker_id, capacity, lease_ms, park_ms)
+    return script("park", keys.script_keys, args, lambda r: (int(r[1]), int(r[2])))
+
+
+def inbox_jobs(queue: str, entries: Sequence[Any]) -> list[FetchedJob]:
+    """Jobs from a parked worker's inbox, as popped: [[entry, score], ...] (see inbox_entry in
+    _prelude.lua). A handed job is fresh: attempt 1, token 1, never redelivered."""
+    jobs = []
+    for entry in entries:
+        job_id, task, max_attempts, timeout_ms, created, priority, payload = entry[0].split(
+            b"\n", 6
+        )
+        jobs.append(
+            FetchedJob(
+                job_id.decode(),
+                task.decode(),
+                payload,
+                1,
+                int(max_attempts),
+                int(timeout_ms),
+                "1",
+                int(created),
+                0,
+                int(priority),
+                queue,
+            )
+        )
+    return jobs
 
 
 def promote(keys: QueueKeys, limit: int = 1000) -> Op[tuple[int, int]]:

@@ -20,6 +20,7 @@ SCRIPT_NAMES = (
     "extend",
     "fail",
     "fetch",
+    "park",
     "pause",
     "progress",
     "promote",

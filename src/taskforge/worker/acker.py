@@ -46,6 +46,10 @@ class Acker:
         self.outcomes: dict[str, int] = {}
         self.listeners: list[Any] = []
         """Callables (lease, outcome) told about every acknowledged outcome (metrics, tests)."""
+        self.parked: dict[str, int] = {}
+        """The fetcher's parkings (queue -> capacity): a completion renews the one of its queue
+        with the slots now free, in the same script call."""
+        self.park_ms = 0
 
     # -- called by the executor --------------------------------------------------------------
 
@@ -169,7 +173,14 @@ class Acker:
         for items in by_queue.values():
             keys = items[0][0].keys
             payload = [(lease.job.id, lease.job.token, result) for lease, result in items]
-            oks = await self.driver.run(ops.complete(keys, payload, self.completed_ms, self.events))
+            parked = None
+            if keys.queue in self.parked:
+                free = max(0, self.state.slots.free)
+                parked = (self.state.worker_id, free, self.park_ms)
+                self.parked[keys.queue] = free
+            oks = await self.driver.run(
+                ops.complete(keys, payload, self.completed_ms, self.events, parked)
+            )
             self.batches += 1
             sent = {id(lease) for lease, _ in items}
             self._completions = [c for c in self._completions if id(c[0]) not in sent]

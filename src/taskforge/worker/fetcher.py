@@ -18,14 +18,13 @@ from typing import Any
 
 from ..errors import TaskForgeError
 from ..redis import operations as ops
-from ..redis.connection import BLOCK_SLICE_SECONDS
 from ..redis.driver import AsyncDriver
 from ..redis.keys import QueueKeys
 from ..redis.ops import Op, command
 from .backoff import Backoff
 from .state import Lease, WorkerState
 
-__all__ = ["AHEAD_MS", "LEAD_SECONDS", "Fetcher", "Waiter"]
+__all__ = ["AHEAD_MS", "LEAD_SECONDS", "PARK_SECONDS", "WAIT_SLICE_SECONDS", "Fetcher", "Waiter"]
 
 log = logging.getLogger("taskforge.worker")
 
@@ -33,6 +32,12 @@ LEAD_SECONDS = 0.005
 """A waiter's timer for a delayed job fires this long before the due time, so that the fetch
 (which leases jobs due within AHEAD_MS) is back before the job must start."""
 AHEAD_MS = 10
+WAIT_SLICE_SECONDS = 10.0
+"""A waiter's longest block; after an empty one it renews its parkings."""
+PARK_SECONDS = 25.0
+"""A parking not renewed for this long expires: a dead idle worker is handed new jobs for at most
+this long (they go back to ready at the next recovery run). More than two slices, so that one late
+renewal does not unpark a live worker."""
 """Free slots may lease scheduled jobs due within this many ms; the worker holds them and starts
 each at its due time. Longer would keep slots idle and jobs from other workers for longer."""
 
@@ -48,6 +53,7 @@ class Fetcher:
         lease_ms: int,
         events: bool,
         start: Callable[[Lease], None],
+        release: Callable[[Lease], None],
         isolate_after: int = 0,
     ) -> None:
         self.state = state
@@ -56,7 +62,14 @@ class Fetcher:
         self.lease_ms = lease_ms
         self.events = events
         self.start = start
+        self.release = release
         self.isolate_after = isolate_after
+        self.parked: dict[str, int] = {}
+        """Queue -> the capacity this worker is parked with there, 0 = parked but full (as far as
+        it knows: enqueues charge it in Redis, inbox pops here; completions top it up)."""
+        self.handed = 0
+        """Jobs received through the inbox (handed over by enqueue, no fetch)."""
+        self._leaving: set[asyncio.Task[Any]] = set()
         self.isolating = False
         self.maybe_ready: set[str] = {k.queue for k in queue_keys}
         self.hints: dict[str, int] = dict.fromkeys(self.maybe_ready, 0)
@@ -130,7 +143,7 @@ class Fetcher:
                 return  # the next round starts with it
             hints_before = self.hints.get(keys.queue, 0)
             sent = state.clock.local()
-            now_ms, jobs = await self.driver.run(
+            now_ms, jobs, parked = await self.driver.run(
                 ops.fetch(
                     keys,
                     want,
@@ -139,11 +152,17 @@ class Fetcher:
                     self.events,
                     self.isolate_after,
                     AHEAD_MS,
+                    state.slots.free,
+                    round(PARK_SECONDS * 1000),
                 )
             )
             received = state.clock.local()
             state.clock.observe(now_ms, sent, received)
             self.fetches += 1
+            if parked:
+                self.parked[keys.queue] = parked
+            else:
+                self.parked.pop(keys.queue, None)
             if len(jobs) < want and self.hints.get(keys.queue, 0) == hints_before:
                 self.maybe_ready.discard(keys.queue)
                 self.drained.set()
@@ -151,7 +170,6 @@ class Fetcher:
                 await self._run_alone(Lease(jobs[0], keys))
                 return
             if jobs:
-                state.slots.take(len(jobs))
                 for job in jobs:
                     lease = Lease(job, keys)
                     if job.due_ms:
@@ -159,8 +177,86 @@ class Fetcher:
                         # can start the job a little late, never early.
                         lease.not_before = received + (job.due_ms - now_ms) / 1000.0
                     state.leases[job.id] = lease
-                    self.start(lease)
+                    if state.slots.free > 0:
+                        state.slots.take(1)
+                        self.start(lease)
+                    else:
+                        # Jobs handed over while this fetch was in flight took the slots.
+                        self.release(lease)
+                self._leave_if_full()
                 return
+
+    def take_handed(self, keys: QueueKeys, jobs: list[ops.FetchedJob]) -> None:
+        """Jobs an enqueue handed to this worker through its inbox: already leased to it."""
+        state = self.state
+        queue = keys.queue
+        if queue in self.parked:
+            self.parked[queue] = max(0, self.parked[queue] - len(jobs))
+        self.handed += len(jobs)
+        for job in jobs:
+            lease = Lease(job, keys)
+            state.leases[job.id] = lease
+            if state.slots.free > 0 and not self.isolating:
+                state.slots.take(1)
+                self.start(lease)
+            else:
+                # Parked for more than is free now (other queues took slots meanwhile): hand it
+                # back to ready for another worker.
+                self.release(lease)
+        self._leave_if_full()
+
+    def _leave_if_full(self) -> None:
+        """Parked for more jobs than slots are free (several queues, or slots taken elsewhere):
+        leave the parkings, so that what would be handed over does not wait here.
+        With one queue the two stay equal: every handed job is charged on both sides."""
+        if not self.parked or sum(self.parked.values()) <= max(self.state.slots.free, 0):
+            return
+        for queue in list(self.parked):
+            self._leave_soon(queue)
+
+    def _leave_soon(self, queue: str) -> None:
+        self.parked.pop(queue, None)
+        keys = next(k for k in self.queue_keys if k.queue == queue)
+        task = asyncio.get_running_loop().create_task(self._leave(keys))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _leave(self, keys: QueueKeys) -> None:
+        try:
+            await self.driver.run(
+                ops.park(keys, self.state.worker_id, 0, self.lease_ms, 0, self.events)
+            )
+        except (TaskForgeError, OSError) as exc:
+            # The parking expires by itself; recovery hands its inbox back to ready.
+            log.warning("leaving the parking on %s failed: %s", keys.queue, exc)
+
+    async def renew(self, keys: QueueKeys) -> None:
+        """After an empty wait: stay parked on a queue this worker is parked on."""
+        free = self.state.slots.free
+        if keys.queue not in self.parked or free <= 0 or self.isolating:
+            return
+        capacity, _ = await self.driver.run(
+            ops.park(
+                keys,
+                self.state.worker_id,
+                free,
+                self.lease_ms,
+                round(PARK_SECONDS * 1000),
+                self.events,
+            )
+        )
+        if capacity:
+            self.parked[keys.queue] = capacity
+        else:
+            self.parked.pop(keys.queue, None)
+            self.hint(keys.queue)  # not parked because jobs are waiting (or it is paused)
+
+    async def leave_all(self) -> None:
+        """On shutdown: unpark everywhere, handing unpopped inbox jobs back to ready."""
+        for queue in list(self.parked):
+            self._leave_soon(queue)
+        if self._leaving:
+            await asyncio.wait(set(self._leaving), timeout=5.0)
 
     async def _run_alone(self, lease: Lease) -> None:
         """A job that crashed workers before runs with nothing beside it: if it kills this
@@ -205,11 +301,12 @@ class Fetcher:
 
 
 class Waiter:
-    """Blocks on the wake markers of a group of queues that share a hash slot (on a standalone
-    server, all queues form one group; on a cluster, each queue is its own).
+    """Blocks on the inboxes and wake markers of a group of queues that share a hash slot (on a
+    standalone server, all queues form one group; on a cluster, each queue is its own).
 
-    A future ``d`` marker becomes a local timer rather than a shorter block: Redis checks blocking
-    timeouts only every 1/hz seconds (100 ms by default), far too coarse for delayed jobs.
+    One ``BZMPOP`` serves both: the inboxes come first, so jobs handed over start at once; then the
+    markers. A future ``d`` marker becomes a local timer rather than a shorter block: Redis checks
+    blocking timeouts only every 1/hz seconds (100 ms by default), far too coarse for delayed jobs.
     """
 
     def __init__(
@@ -220,6 +317,7 @@ class Waiter:
         self.group = group
         self.fetcher = fetcher
         self.by_wake_key = {k.wake.encode(): k for k in group}
+        self.by_inbox_key = {k.inbox(state.worker_id).encode(): k for k in group}
         self.timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.pops = 0
         self.promotions: set[asyncio.Task[Any]] = set()
@@ -227,10 +325,32 @@ class Waiter:
     async def run(self) -> None:
         state = self.state
         backoff = Backoff(log, "waiting for work")
-        keys = [k.wake for k in self.group]
+        keys = [*self.by_inbox_key, *self.by_wake_key]
         queues = [k.queue for k in self.group]
         fetcher = self.fetcher
-        block: Op[Any] = command("BZPOPMIN", *keys, BLOCK_SLICE_SECONDS, blocking=True)
+        if self.driver.is_cluster:
+            # redis-py's cluster client routes BZMPOP (movable keys) by asking a fixed node for
+            # its keys, which fails once that node is down; BZPOPMIN names its keys in place.
+            # One entry per reply then: a burst of handed jobs takes one pop each.
+            block: Op[Any] = command(
+                "BZPOPMIN",
+                *keys,
+                WAIT_SLICE_SECONDS,
+                blocking=True,
+                parse=lambda r: r and (r[0], [(r[1], r[2])]),
+            )
+        else:
+            # Up to every slot's worth of handed jobs in one reply (markers: at most 2 a queue).
+            block = command(
+                "BZMPOP",
+                WAIT_SLICE_SECONDS,
+                len(keys),
+                *keys,
+                "MIN",
+                "COUNT",
+                max(state.config.concurrency, 2),
+                blocking=True,
+            )
         try:
             while not state.stopping.is_set():
                 # Without a free slot, leave the markers to workers that can take the work.
@@ -246,15 +366,26 @@ class Waiter:
                 try:
                     reply: Any = await self.driver.run(block)
                     self.pops += 1
+                    if not reply:
+                        for k in self.group:
+                            await fetcher.renew(k)
                     backoff.ok()
                 except (TaskForgeError, OSError) as exc:
                     await backoff.failed(exc, state.stopping)
                     continue
                 if reply:
-                    self._on_marker(reply[0], reply[1], float(reply[2]))
+                    self._on_reply(reply[0], reply[1])
         finally:
             for _, handle in self.timers.values():
                 handle.cancel()
+
+    def _on_reply(self, key: bytes, entries: list[Any]) -> None:
+        inbox = self.by_inbox_key.get(key)
+        if inbox is not None:
+            self.fetcher.take_handed(inbox, ops.inbox_jobs(inbox.queue, entries))
+            return
+        for member, score in entries:
+            self._on_marker(key, member, float(score))
 
     def _on_marker(self, wake_key: bytes, member: bytes, score: float) -> None:
         keys = self.by_wake_key.get(wake_key)

@@ -15,7 +15,7 @@ from ..redis import operations as ops
 from .acker import Acker
 from .backoff import Backoff
 from .executor import Executor
-from .fetcher import Fetcher, Waiter, group_by_slot
+from .fetcher import PARK_SECONDS, Fetcher, Waiter, group_by_slot
 from .heartbeat import Heartbeat, Recoverer, Registry
 from .metrics import WorkerMetrics
 from .state import Slots, WorkerConfig, WorkerState
@@ -159,8 +159,11 @@ class Worker:
             round(settings.lease_seconds * 1000),
             settings.publish_events,
             metrics.starter(executor.start),
+            acker.release,
             settings.isolate_after_redeliveries,
         )
+        acker.parked = fetcher.parked
+        acker.park_ms = round(PARK_SECONDS * 1000)
         waiters = [
             Waiter(state, driver, group, fetcher)
             for group in group_by_slot(queue_keys, driver.is_cluster)
@@ -215,6 +218,7 @@ class Worker:
         finally:
             state.stopping.set()
             await _cancel(intake)
+            await fetcher.leave_all()
             await self._finish_in_flight(executor)
             acker_alive = not background[0].done()  # a crashed acker reports nothing more
             if not await acker.drain(timeout=10.0 if acker_alive else 0.0):

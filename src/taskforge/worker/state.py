@@ -86,7 +86,8 @@ class Slots:
 
     def give(self) -> None:
         self.used -= 1
-        self._has_free.set()
+        if self.used < self.capacity:
+            self._has_free.set()
         if self.used == 0:
             self._idle.set()
 

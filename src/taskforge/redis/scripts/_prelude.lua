@@ -9,9 +9,14 @@
 --   KEYS[6] wake       ZSET of wake-up markers: 'r' (score 0) = ready work, 'd' = next due time
 --   KEYS[7] meta       HASH: seq (FIFO counter), paused
 --   KEYS[8] stats      HASH: event counters
--- Job records live at ARGV base .. 'job:' .. id, in the same hash slot as KEYS.
+--   KEYS[9] migration guard (never written; see keys.py)
+--   KEYS[10] parked    HASH worker id -> "capacity lease_ms expires_ms": idle workers blocked on
+--                      their inbox for this queue, to which enqueue hands new jobs directly
+-- Job records live at ARGV base .. 'job:' .. id, and a parked worker's inbox (ZSET of entries,
+-- see inbox_entry) at base .. 'inbox:' .. worker id, in the same hash slot as KEYS.
 local K_READY, K_SCHEDULED, K_ACTIVE, K_DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_COMPLETED, K_WAKE, K_META, K_STATS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_PARKED = KEYS[10]
 
 -- 2^40: room for a trillion jobs per priority level; (1000 - priority) keeps scores below 2^53.
 local SEQ_SPAN = 1099511627776
@@ -79,4 +84,67 @@ local function retain(base, jk, key, ttl_ms)
   if key and key ~= '' then
     redis.call('PEXPIRE', base .. 'key:' .. key, ttl_ms)
   end
+end
+
+-- Parking: an idle worker registers how many jobs it can take at once; enqueue then leases new
+-- jobs to it and puts them in its inbox, which it blocks on (one hop instead of a wake-up marker
+-- and a fetch). A parking expires unless the worker renews it, so a dead worker stops receiving.
+-- Capacity 0 means parked but full: complete tops it up again as the worker's slots free.
+local function park(worker, capacity, lease_ms, expires)
+  redis.call('HSET', K_PARKED, worker, capacity .. ' ' .. lease_ms .. ' ' .. expires)
+end
+
+local function unpark(worker)
+  redis.call('HDEL', K_PARKED, worker)
+end
+
+-- A parked worker with room for one more job, which it is then charged for; nil, nil if none
+-- among a random sample. Expired parkings met on the way are dropped (recover returns their
+-- inboxes).
+local function take_parked(now)
+  local sample = redis.call('HRANDFIELD', K_PARKED, 8, 'WITHVALUES')
+  for i = 1, #sample, 2 do
+    local worker = sample[i]
+    local cap, lease_ms, expires = string.match(sample[i + 1], '^(%d+) (%d+) (%d+)$')
+    if not cap or tonumber(expires) <= now then
+      unpark(worker)
+    elseif tonumber(cap) > 0 then
+      park(worker, tonumber(cap) - 1, lease_ms, expires)
+      return worker, tonumber(lease_ms)
+    end
+  end
+  return nil, nil
+end
+
+-- An inbox entry: the fields a worker needs to run a fresh job, newline-separated, the payload
+-- last (ids, task names and numbers hold no newline). attempt and token are 1, redeliveries 0.
+local function inbox_entry(id, task, max_attempts, timeout_ms, created, priority, payload)
+  return id .. '\n' .. task .. '\n' .. max_attempts .. '\n' .. timeout_ms .. '\n' .. created ..
+    '\n' .. priority .. '\n' .. payload
+end
+
+-- A job handed to `worker` but never popped from its inbox goes back to ready at its place:
+-- it never started, so neither its attempt nor a redelivery counts. Returns 1 if it went back.
+local function unhand(base, id, worker)
+  local jk = base .. 'job:' .. id
+  local f = redis.call('HMGET', jk, 'worker', 'status', 'priority', 'seq')
+  if f[1] == worker and f[2] == 'active' and redis.call('ZREM', K_ACTIVE, id) == 1 then
+    redis.call('HSET', jk, 'status', 'queued', 'attempt', 0)
+    redis.call('HDEL', jk, 'started', 'worker')
+    redis.call('ZADD', K_READY, ready_score(f[3], f[4]), id)
+    return 1
+  end
+  return 0
+end
+
+-- Everything still in a worker's inbox goes back to ready. Returns how many jobs went back.
+local function return_inbox(base, worker)
+  local ik = base .. 'inbox:' .. worker
+  local entries = redis.call('ZRANGE', ik, 0, -1)
+  local n = 0
+  for i = 1, #entries do
+    n = n + unhand(base, string.match(entries[i], '^[^\n]+'), worker)
+  end
+  redis.call('DEL', ik)
+  return n
 end

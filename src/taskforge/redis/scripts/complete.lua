@@ -1,7 +1,10 @@
 -- complete: record the results of a batch of jobs that ran to the end (active -> completed).
 -- KEYS: the queue's standard vector (see _prelude.lua).
 -- ARGV: 1 base, 2 channel, 3 queue, 4 retention ms, 5 count n,
---       then 3 per job: id, token, result JSON ('' = None, nothing stored).
+--       then 3 per job: id, token, result JSON ('' = None, nothing stored),
+--       then optionally: worker id, its free slots, park_ms: if that worker is parked on this
+--       queue, its parking is renewed with that capacity (slots freed by these jobs), so an idle
+--       worker keeps receiving jobs directly without fetching to park again.
 -- Returns: {now, ok_1, ..., ok_n}; ok is 1 (also for a resend of a completion that already
 --   landed), or 0 when the token no longer matches or the job is
 --   not active (the lease expired and the job went to another worker): that result is dropped.
@@ -37,5 +40,11 @@ end
 if done > 0 then
   redis.call('HINCRBY', K_STATS, 'completed', done)
   redis.call('ZREMRANGEBYSCORE', K_COMPLETED, '-inf', now - ttl)
+end
+local worker = ARGV[6 + n * 3]
+local parking = worker and redis.call('HGET', K_PARKED, worker)
+if parking then
+  local lease_ms = string.match(parking, '^%d+ (%d+) ')
+  park(worker, tonumber(ARGV[7 + n * 3]), lease_ms, now + tonumber(ARGV[8 + n * 3]))
 end
 return out

@@ -3,6 +3,8 @@
 -- ARGV: 1 base, 2 channel ('' = no events), 3 queue, 4 job count n,
 --       then 9 per job: id, task, payload, priority, max_attempts, timeout_ms (0 = none),
 --       delay_ms (0 = none), at_ms (absolute due time, 0 = none), idempotency key ('' = none).
+-- A job due now goes to a parked worker when there is one (see park in _prelude.lua): leased to
+--   it (status active, attempt 1) and put in its inbox, instead of into ready.
 -- Returns: {now, id_1, created_1, status_1, ...}; created is 1 for a new job, 0 when the id or the
 --   idempotency key already names a live or retained job (then id and status are that job's).
 --   An enqueue retried after a lost reply finds its own id and creates nothing twice.
@@ -14,6 +16,8 @@ local out = {now}
 local woke_ready = false
 local per_task = {}  -- jobs created per task name, for the per-task metrics hash
 local created = 0
+local paused = nil  -- read once, when the first job due now needs it
+local handing = false
 for i = 0, n - 1 do
   local o = 5 + i * 9
   local id, task, payload, priority = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
@@ -43,24 +47,52 @@ for i = 0, n - 1 do
       due = now + delay_ms
     end
     local status
+    local worker = nil  -- the parked worker the job is handed to, if any
     if due > now then
       status = 'scheduled'
       redis.call('ZADD', K_SCHEDULED, due, id)
       redis.call('ZADD', K_WAKE, 'LT', due, 'd')
     else
-      status = 'queued'
       due = now
-      redis.call('ZADD', K_READY, ready_score(priority, seq), id)
-      woke_ready = true
+      if paused == nil then
+        paused = redis.call('HGET', K_META, 'paused') == '1'
+        -- Jobs already waiting come first: hand off only past an empty ready set.
+        handing = not paused and redis.call('ZCARD', K_READY) == 0
+      end
+      local lease_ms = nil
+      if handing and not woke_ready then
+        worker, lease_ms = take_parked(now)
+      end
+      if worker then
+        status = 'active'
+        redis.call('ZADD', K_ACTIVE, now + lease_ms, id)
+        -- Scored like ready, so the worker pops a batch in priority and FIFO order.
+        redis.call('ZADD', base .. 'inbox:' .. worker, ready_score(priority, seq),
+          inbox_entry(id, task, max_attempts, timeout_ms, now, priority, payload))
+      else
+        status = 'queued'
+        redis.call('ZADD', K_READY, ready_score(priority, seq), id)
+        woke_ready = true
+      end
+    end
+    local attempt, token = 0, 0
+    if status == 'active' then
+      attempt, token = 1, 1
     end
     redis.call('HSET', jk, 'v', 1, 'task', task, 'payload', payload, 'priority', priority,
-      'seq', seq, 'status', status, 'attempt', 0, 'max_attempts', max_attempts,
-      'timeout', timeout_ms, 'created', now, 'due', due, 'token', 0)
+      'seq', seq, 'status', status, 'attempt', attempt, 'max_attempts', max_attempts,
+      'timeout', timeout_ms, 'created', now, 'due', due, 'token', token)
+    if status == 'active' then
+      redis.call('HSET', jk, 'started', now, 'worker', worker)
+    end
     if key ~= '' then
       redis.call('HSET', jk, 'key', key)
       redis.call('SET', base .. 'key:' .. key, id)
     end
     publish(channel, 'enqueued', id, queue, task, now)
+    if status == 'active' then
+      publish(channel, 'started', id, queue, task, now)
+    end
     per_task[task] = (per_task[task] or 0) + 1
     created = created + 1
     out[#out + 1] = id
@@ -68,7 +100,7 @@ for i = 0, n - 1 do
     out[#out + 1] = status
   end
 end
-if woke_ready and redis.call('HGET', K_META, 'paused') ~= '1' then
+if woke_ready and not paused then
   redis.call('ZADD', K_WAKE, 0, 'r')
 end
 if created > 0 then

@@ -6,10 +6,15 @@
 --       9 ahead_ms: slots left over may also lease scheduled jobs due within this many ms (0 =
 --         none). The worker holds such a job and starts it at its due time on its own clock, so
 --         a delayed job starts on time instead of one timer, a promotion and a fetch late.
--- Returns: {now, n, isolated, now_us (microseconds past now), then 11 fields per job: id, task,
+--       10 park_free: the worker's free slots before this fetch (0 = do not park). A fetch that
+--         leaves ready empty and slots free parks the worker with the slots left (see park in
+--         _prelude.lua); any other fetch unparks it.
+--       11 park_ms: how long a parking lasts unless renewed.
+-- Returns: {now, n, isolated, now_us (microseconds past now), parked (the capacity parked with,
+--   0 = not parked), then 11 fields per job: id, task,
 --   payload, attempt, max_attempts, timeout_ms, token, created, redeliveries, priority, due
 --   ('0' for a ready job, else its due time in ms as Redis wrote the score)}. A paused queue
---   returns {now, 0, 0, now_us}.
+--   returns {now, 0, 0, now_us, 0}.
 --   The token grows with every delivery; extend/complete/fail must present it (fencing).
 --   isolated = 1: the one job returned crashed its workers before and must run by itself, so
 --   that a poison job cannot take innocent batch-mates down with it again and again.
@@ -21,11 +26,11 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now_us = tonumber(clock[2]) % 1000
 if redis.call('HGET', K_META, 'paused') == '1' then
-  return {now, 0, 0, now_us}
+  return {now, 0, 0, now_us, 0}
 end
 promote_due(base, now, tonumber(ARGV[7]))
 local popped = redis.call('ZPOPMIN', K_READY, count)
-local out = {now, 0, 0, now_us}
+local out = {now, 0, 0, now_us, 0}
 local taken = 0
 local deadline = now + lease_ms
 local put_back_from = nil
@@ -100,5 +105,16 @@ if ahead_ms > 0 and taken < count and out[3] == 0 and not put_back_from then
   end
 end
 out[2] = taken
+local park_free = tonumber(ARGV[10] or 0)
+if park_free > 0 then
+  local room = park_free - taken
+  if taken < count and out[3] == 0 and not put_back_from and room > 0
+      and redis.call('ZCARD', K_READY) == 0 then
+    park(worker, room, lease_ms, now + tonumber(ARGV[11]))
+    out[5] = room
+  else
+    unpark(worker)
+  end
+end
 rearm()
 return out
