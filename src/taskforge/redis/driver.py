@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
+from hiredis import pack_command
 from redis import exceptions as rex
 
 from ..errors import RedisUnavailable, TaskForgeError
@@ -155,7 +156,9 @@ class SyncDriver:
             conn = self._local.conn = self._direct_pool.make_connection()
             self._direct_conns.add(conn)
         try:
-            conn.send_command("EVALSHA", op.script.sha, *args)
+            # Packed in one C call (hiredis is a dependency): redis-py's own packing checks every
+            # argument in Python first, which costs about a fifth of a one-job enqueue.
+            conn.send_packed_command([pack_command(("EVALSHA", op.script.sha, *args))], False)
             return conn.read_response()
         except rex.NoScriptError:
             conn.send_command("EVAL", op.script.source, *args)
