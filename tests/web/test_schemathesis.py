@@ -20,6 +20,10 @@ def test_api_matches_its_spec(redis_url: str) -> None:
     forge = make_forge(redis_url)
     app = create_app(forge, WebSettings(token=TOKEN))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # A batch generated over its item limit can also be over the body limit: 413 (documented in
+    # the spec) rejects it as well as 400 does.
+    rejection = schema.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]
     headers = {"Authorization": f"Bearer {TOKEN}"}
     calls: dict[str, int] = {}
     started = time.monotonic()
@@ -45,6 +49,14 @@ def test_api_matches_its_spec(redis_url: str) -> None:
                 suppress_health_check=list(HealthCheck),
             )
             def run(case: schemathesis.Case) -> None:
+                if (
+                    mode is GenerationMode.NEGATIVE  # noqa: B023 (run() runs in this pass)
+                    and (case.headers or {}).get("Authorization") != headers["Authorization"]
+                ):
+                    # The real token replaces a mutated Authorization header, which may leave
+                    # nothing invalid in the request; missing or wrong tokens have tests of
+                    # their own (tests/web/test_api.py).
+                    return
                 case.call_and_validate(headers=headers)
                 label = case.operation.label
                 calls[label] = calls.get(label, 0) + 1
