@@ -23,10 +23,17 @@ def workers() -> Iterator[WorkerPool]:
     yield from _worker_pool()
 
 
-def _park(forge: TaskForge, keys: QueueKeys, worker_id: str, free: int, park_ms: int) -> int:
+def _park(
+    forge: TaskForge,
+    keys: QueueKeys,
+    worker_id: str,
+    free: int,
+    park_ms: int,
+    lease_ms: int = 30_000,
+) -> int:
     """Parks `worker_id` the way a worker does: a fetch that finds the queue empty."""
     _, jobs, parked = forge.sync_driver().run(
-        ops.fetch(keys, free, 30_000, worker_id, False, 0, 0, free, park_ms)
+        ops.fetch(keys, free, lease_ms, worker_id, False, 0, 0, free, park_ms)
     )
     assert jobs == []
     return parked
@@ -128,9 +135,8 @@ def test_a_handed_job_whose_lease_expires_unpopped_goes_back_uncounted(
 ) -> None:
     forge = make_app()
     keys = forge.keys("default")
-    driver = forge.sync_driver()
     # A parking that outlives the lease: the lease expiry is what recovery sees.
-    _, _, parked = driver.run(ops.fetch(keys, 1, 100, "ghost", False, 0, 0, 1, 60_000))
+    parked = _park(forge, keys, "ghost", 1, 60_000, lease_ms=100)
     assert parked == 1
     job = forge.enqueue("t", 1)
     assert job.initial_status == "active"

@@ -176,34 +176,32 @@ class Fetcher:
                         # Redis read its clock before `received`: counting the wait from there
                         # can start the job a little late, never early.
                         lease.not_before = received + (job.due_ms - now_ms) / 1000.0
-                    state.leases[job.id] = lease
-                    if state.slots.free > 0:
-                        state.slots.take(1)
-                        self.start(lease)
-                    else:
-                        # Jobs handed over while this fetch was in flight took the slots.
-                        self.release(lease)
+                    # Jobs handed over while this fetch was in flight may have taken slots.
+                    self._start_or_release(lease)
                 self._leave_if_full()
                 return
 
     def take_handed(self, keys: QueueKeys, jobs: list[ops.FetchedJob]) -> None:
         """Jobs an enqueue handed to this worker through its inbox: already leased to it."""
-        state = self.state
         queue = keys.queue
         if queue in self.parked:
             self.parked[queue] = max(0, self.parked[queue] - len(jobs))
         self.handed += len(jobs)
         for job in jobs:
-            lease = Lease(job, keys)
-            state.leases[job.id] = lease
-            if state.slots.free > 0 and not self.isolating:
-                state.slots.take(1)
-                self.start(lease)
-            else:
-                # Parked for more than is free now (other queues took slots meanwhile): hand it
-                # back to ready for another worker.
-                self.release(lease)
+            # Parked for more than is free now (other queues took slots meanwhile), the surplus
+            # goes back to ready for another worker.
+            self._start_or_release(Lease(job, keys))
         self._leave_if_full()
+
+    def _start_or_release(self, lease: Lease) -> None:
+        """Start a job this worker holds if a slot is free, else hand it back (not an attempt)."""
+        state = self.state
+        state.leases[lease.job.id] = lease
+        if state.slots.free > 0 and not self.isolating:
+            state.slots.take(1)
+            self.start(lease)
+        else:
+            self.release(lease)
 
     def _leave_if_full(self) -> None:
         """Parked for more jobs than slots are free (several queues, or slots taken elsewhere):
