@@ -25,7 +25,8 @@ from taskforge import (
 )
 from taskforge.errors import DuplicateTaskError
 from taskforge.errors import TimeoutError as TaskForgeTimeout
-from tests.support.redisstate import CommandCounts, count_round_trips, snapshot
+from taskforge.redis.direct import DirectLine
+from tests.support.redisstate import CommandCounts, snapshot
 from tests.support.workers import (
     AppFactory,
     WorkerPool,
@@ -99,7 +100,9 @@ def test_enqueue_by_name_without_the_task_code(make_app: AppFactory, workers: Wo
     assert producer.enqueue("reports.build", 1, fmt="csv").queue == "default"
 
 
-def test_enqueue_many_is_one_round_trip(make_app: AppFactory, client: redis.Redis) -> None:
+def test_enqueue_many_is_one_round_trip(
+    make_app: AppFactory, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     forge = make_app()
 
     @forge.task
@@ -108,12 +111,21 @@ def test_enqueue_many_is_one_round_trip(make_app: AppFactory, client: redis.Redi
     forge.health()  # open the connection first: its handshake is not the enqueue's
     counts = CommandCounts(client)
     counts.reset()
-    with count_round_trips(forge.sync_driver().client) as sends:
-        jobs = work.enqueue_many([(i,) for i in range(2500)])
-    assert len(sends) == 1, "2,500 jobs must travel in one pipelined round trip"
+    calls: list[str] = []
+    for name in ("send", "read"):
+        original = getattr(DirectLine, name)
+
+        def logged(self: DirectLine, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            calls.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(DirectLine, name, logged)
+    jobs = work.enqueue_many([(i,) for i in range(2500)])
+    # One round trip: every request is written before the first reply is waited for.
+    assert calls == ["send"] * 11 + ["read"] * 11, calls
     executed = counts.read()
-    # Batches of 1,000 jobs per script call, and the queue registration, in that one trip.
-    assert executed.get("evalsha") == 3
+    # Batches of 250 jobs per script call, and the queue registration, in that one trip.
+    assert executed.get("evalsha") == 10
     assert executed.get("sadd") == 1
     assert len(jobs) == 2500 and len({j.id for j in jobs}) == 2500
     assert all(j.created for j in jobs)

@@ -1,14 +1,12 @@
-"""Looking at a test server from the outside: key snapshots, command counts, round trips."""
+"""Looking at a test server from the outside: key snapshots and command counts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis
 
-__all__ = ["CommandCounts", "count_round_trips", "snapshot"]
+__all__ = ["CommandCounts", "snapshot"]
 
 
 def snapshot(client: redis.Redis) -> dict[bytes, Any]:
@@ -51,33 +49,3 @@ class CommandCounts:
                 continue  # our own probes
             counts[command] = int(values["calls"])
         return counts
-
-
-@contextmanager
-def count_round_trips(client: redis.Redis) -> Iterator[list[int]]:
-    """Count requests a redis-py client writes to its sockets (a pipeline is one write).
-
-    Hooks ``send_packed_command`` of the client's pool connections; connection handshakes
-    happen before the hook sees them only if the connection already exists, so warm up first.
-    """
-    sends: list[int] = []
-    pool = client.connection_pool
-    base = pool.connection_class
-
-    class Counting(base):  # type: ignore[misc, valid-type]
-        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            sends.append(1)
-            super().send_packed_command(command, check_health)
-
-    # Existing idle connections are swapped to the counting class in place.
-    connections = list(getattr(pool, "_available_connections", []))
-    pool.connection_class = Counting
-    originals = [(conn, conn.__class__) for conn in connections]
-    for conn in connections:
-        conn.__class__ = Counting
-    try:
-        yield sends
-    finally:
-        pool.connection_class = base
-        for conn, cls in originals:
-            conn.__class__ = cls

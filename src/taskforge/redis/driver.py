@@ -25,6 +25,7 @@ from .connection import (
     run_same_connection_async,
     run_same_connection_sync,
 )
+from .direct import DirectLine
 from .ops import Op
 
 __all__ = ["AsyncDriver", "Flow", "PermissionDenied", "SyncDriver", "translate_errors"]
@@ -123,7 +124,7 @@ class SyncDriver:
         self._direct_pool = pool if type(pool) is redis.ConnectionPool else None
         self._local = threading.local()
         # Weak: a producer thread's connection goes away with the thread, not only at close().
-        self._direct_conns: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._direct_lines: weakref.WeakSet[DirectLine] = weakref.WeakSet()
 
     def run(self, op: Op[T]) -> T:
         self.round_trips += 1
@@ -145,27 +146,53 @@ class SyncDriver:
             # A restart or failover emptied the script cache: EVAL runs and re-caches it.
             return client.eval(op.script.source, *args)
 
+    def _direct_line(self) -> DirectLine:
+        line: DirectLine | None = getattr(self._local, "line", None)
+        if line is None:
+            assert self._direct_pool is not None
+            line = self._local.line = DirectLine(self._direct_pool.make_connection())
+            self._direct_lines.add(line)
+        return line
+
+    def _drop_direct_line(self) -> None:
+        line = getattr(self._local, "line", None)
+        if line is not None:
+            line.close()
+        self._local.line = None
+
     def _direct_script(self, op: Op[Any], args: list[Any]) -> Any:
-        """EVALSHA on this thread's own connection: skips the pool's checkout and bookkeeping,
-        which cost more than the round trip itself for a one-job enqueue. Any connection trouble
-        falls back to the pooled client and its retries (scripts are safe to resend: an enqueue
-        carries its job id)."""
-        assert op.script is not None and self._direct_pool is not None
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._direct_pool.make_connection()
-            self._direct_conns.add(conn)
+        """EVALSHA on this thread's own line (see ``DirectLine``): skips the pool's checkout and
+        bookkeeping, which cost more than the round trip itself for a one-job enqueue. Any
+        connection trouble falls back to the pooled client and its retries (scripts are safe to
+        resend: an enqueue carries its job id)."""
+        assert op.script is not None
         try:
+            line = self._direct_line()
             # Packed in one C call (hiredis is a dependency): redis-py's own packing checks every
             # argument in Python first, which costs about a fifth of a one-job enqueue.
-            conn.send_packed_command([pack_command(("EVALSHA", op.script.sha, *args))], False)
-            return conn.read_response()
-        except rex.NoScriptError:
-            conn.send_command("EVAL", op.script.source, *args)
-            return conn.read_response()
+            try:
+                return line.call(pack_command(("EVALSHA", op.script.sha, *args)))
+            except rex.NoScriptError:
+                return line.call(pack_command(("EVAL", op.script.source, *args)))
         except (rex.ConnectionError, rex.TimeoutError, OSError):
-            conn.disconnect()
+            self._drop_direct_line()
             return _FALLBACK
+
+    def _direct_pipeline(self, ops: Sequence[Op[Any]]) -> Any:
+        """Several operations pipelined on this thread's line, each sent as soon as it is packed
+        (Redis runs the first while the rest are packed); falls back like ``_direct_script``."""
+        try:
+            line = self._direct_line()
+            for op in ops:
+                if op.script is None:
+                    line.send(pack_command(op.command))
+                else:
+                    line.send(pack_command(("EVALSHA", op.script.sha, *_script_args(op))))
+            replies = [line.read() for _ in ops]
+        except (rex.ConnectionError, rex.TimeoutError, OSError):
+            self._drop_direct_line()
+            return _FALLBACK
+        return replies
 
     def run_all(self, ops: Sequence[Op[Any]]) -> list[Any]:
         """Run several operations, pipelined in one round trip where the topology allows."""
@@ -178,10 +205,14 @@ class SyncDriver:
             return [self.run(op) for op in ops]
         self.round_trips += 1
         with translate_errors(self.where):
-            pipe = self.client.pipeline(transaction=False)
-            for op in ops:
-                _queue_into(pipe, op)
-            replies = pipe.execute(raise_on_error=False)
+            replies = _FALLBACK
+            if self._direct_pool is not None and not any(op.blocking for op in ops):
+                replies = self._direct_pipeline(ops)
+            if replies is _FALLBACK:
+                pipe = self.client.pipeline(transaction=False)
+                for op in ops:
+                    _queue_into(pipe, op)
+                replies = pipe.execute(raise_on_error=False)
             out = []
             for op, reply in zip(ops, replies, strict=True):
                 if isinstance(reply, rex.NoScriptError):
@@ -209,9 +240,9 @@ class SyncDriver:
             flow.close()
 
     def close(self) -> None:
-        for conn in list(self._direct_conns):
-            conn.disconnect()
-        self._direct_conns.clear()
+        for line in list(self._direct_lines):
+            line.close()
+        self._direct_lines.clear()
         self._local = threading.local()
         self.client.close()
         if self.blocking_client is not self.client:

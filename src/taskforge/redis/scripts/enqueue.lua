@@ -18,6 +18,9 @@ local per_task = {}  -- jobs created per task name, for the per-task metrics has
 local created = 0
 local paused = nil  -- read once, when the first job due now needs it
 local handing = false
+-- One counter step for the whole batch: job i of the call gets seq_base + i + 1.
+local seq_base = redis.call('HINCRBY', K_META, 'seq', n) - n
+local ready_adds = {}  -- score, id pairs, added to ready in a few variadic ZADDs at the end
 for i = 0, n - 1 do
   local o = 5 + i * 9
   local id, task, payload, priority = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
@@ -39,7 +42,7 @@ for i = 0, n - 1 do
     out[#out + 1] = 0
     out[#out + 1] = redis.call('HGET', base .. 'job:' .. existing, 'status')
   else
-    local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+    local seq = seq_base + i + 1
     local due = 0
     if at_ms > 0 then
       due = at_ms
@@ -71,7 +74,8 @@ for i = 0, n - 1 do
           inbox_entry(id, task, max_attempts, timeout_ms, now, priority, payload))
       else
         status = 'queued'
-        redis.call('ZADD', K_READY, ready_score(priority, seq), id)
+        ready_adds[#ready_adds + 1] = ready_score(priority, seq)
+        ready_adds[#ready_adds + 1] = id
         woke_ready = true
       end
     end
@@ -99,6 +103,10 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
     out[#out + 1] = status
   end
+end
+-- unpack() passes at most a few thousand values at once: 500 jobs per ZADD.
+for from = 1, #ready_adds, 1000 do
+  redis.call('ZADD', K_READY, unpack(ready_adds, from, math.min(from + 999, #ready_adds)))
 end
 if woke_ready and not paused then
   redis.call('ZADD', K_WAKE, 0, 'r')

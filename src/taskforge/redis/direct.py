@@ -1,0 +1,97 @@
+"""A thread's own line to a standalone Redis, for one-reply calls on the sync hot path.
+
+redis-py's connection does the handshake (AUTH, SELECT, TLS, client name); after that a plain TCP
+or Unix socket is read and written here directly. That skips redis-py's per-call checks and, more
+to the point on virtual machines where a system call is dear, the ``poll()`` that Python makes
+before every send and receive on a socket with a timeout: the socket is put in blocking mode and
+the kernel enforces the same timeout (``SO_RCVTIMEO``/``SO_SNDTIMEO``). A TLS socket keeps
+redis-py's own reading.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import hiredis
+from redis import exceptions as rex
+from redis._parsers import BaseParser
+
+__all__ = ["DirectLine"]
+
+_NOT_ENOUGH = object()
+_READ_SIZE = 65536
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
+class DirectLine:
+    """One connection, one request at a time. Any error leaves it closed; the caller falls back
+    to its pooled client and opens a new line on the next call."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        connection.connect()
+        sock = getattr(connection, "_sock", None)
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+        if type(sock) is socket.socket:
+            timeout = connection.socket_timeout
+            sock.settimeout(None)
+            if timeout:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            encoder = connection.encoder
+            options: dict[str, Any] = {
+                "protocolError": rex.InvalidResponse,
+                "replyError": BaseParser.parse_error,
+                "notEnoughData": _NOT_ENOUGH,
+                "errors": encoder.encoding_errors,
+            }
+            if encoder.decode_responses:
+                options["encoding"] = encoder.encoding
+            self._sock = sock
+            self._reader = hiredis.Reader(**options)
+
+    def call(self, packed: bytes) -> Any:
+        """Send one packed command and return its reply; a reply that is an error is raised."""
+        self.send(packed)
+        reply = self.read()
+        if isinstance(reply, rex.ResponseError):
+            raise reply
+        return reply
+
+    def send(self, packed: bytes) -> None:
+        """Send without waiting: several sends then as many reads make a pipeline, and Redis
+        starts on the first command while the next is still being packed."""
+        if self._sock is None:
+            self.connection.send_packed_command([packed], False)
+        else:
+            self._sock.sendall(packed)
+
+    def read(self) -> Any:
+        """The next reply; an error reply is returned (as redis-py's exception), not raised, so
+        that the replies after it in a pipeline are still read."""
+        sock = self._sock
+        if sock is None:
+            try:
+                return self.connection.read_response()
+            except rex.ResponseError as exc:
+                return exc
+        reader = self._reader
+        reply = reader.gets()
+        while reply is _NOT_ENOUGH:
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                raise rex.ConnectionError("Redis closed the connection")
+            reader.feed(data)
+            reply = reader.gets()
+        return reply
+
+    def close(self) -> None:
+        self._sock = None
+        self.connection.disconnect()
