@@ -178,14 +178,14 @@ class SyncDriver:
             self._drop_direct_line()
             return _FALLBACK
 
-    def _direct_pipeline(self, ops: Sequence[Op[Any]]) -> Any:
+    def _direct_pipeline(self, ops: Sequence[Op[Any]]) -> list[Any] | object:
         """Several operations pipelined on this thread's line, each sent as soon as it is packed
         (Redis runs the first while the rest are packed); falls back like ``_direct_script``."""
         try:
             line = self._direct_line()
             for op in ops:
                 if op.script is None:
-                    line.send(pack_command(op.command))
+                    line.send(pack_command(op.command))  # type: ignore[arg-type]
                 else:
                     line.send(pack_command(("EVALSHA", op.script.sha, *_script_args(op))))
             replies = [line.read() for _ in ops]
@@ -205,16 +205,15 @@ class SyncDriver:
             return [self.run(op) for op in ops]
         self.round_trips += 1
         with translate_errors(self.where):
-            replies = _FALLBACK
-            if self._direct_pool is not None and not any(op.blocking for op in ops):
-                replies = self._direct_pipeline(ops)
-            if replies is _FALLBACK:
+            direct = self._direct_pool is not None and not any(op.blocking for op in ops)
+            answers = self._direct_pipeline(ops) if direct else _FALLBACK
+            if not isinstance(answers, list):
                 pipe = self.client.pipeline(transaction=False)
                 for op in ops:
                     _queue_into(pipe, op)
-                replies = pipe.execute(raise_on_error=False)
+                answers = pipe.execute(raise_on_error=False)
             out = []
-            for op, reply in zip(ops, replies, strict=True):
+            for op, reply in zip(ops, answers, strict=True):
                 if isinstance(reply, rex.NoScriptError):
                     reply = self._raw(op)
                 elif isinstance(reply, Exception):
