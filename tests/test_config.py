@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert s.completed_ttl == 24 * 3600 and s.dead_ttl == 7 * 24 * 3600
     assert s.max_payload_bytes == 1024 * 1024
     assert s.publish_events is True and s.wait_aof is False
+    assert s.reply_spin_us == 200
 
 
 def test_every_variable_is_read() -> None:
@@ -44,6 +45,7 @@ def test_every_variable_is_read() -> None:
         "TASKFORGE_MAX_ATTEMPTS": "7",
         "TASKFORGE_WAIT_REPLICAS": "1",
         "TASKFORGE_WAIT_AOF": "yes",
+        "TASKFORGE_REPLY_SPIN_US": "0",
         "UNRELATED": "ignored",
     }
     s = Settings.from_env(env)
@@ -52,7 +54,7 @@ def test_every_variable_is_read() -> None:
     assert (s.lease_seconds, s.completed_ttl, s.dead_ttl) == (12.5, 60, 120)
     assert (s.retry_base_seconds, s.retry_cap_seconds, s.socket_timeout) == (0.5, 30, 2)
     assert (s.max_payload_bytes, s.max_redeliveries, s.default_max_attempts) == (4096, 2, 7)
-    assert (s.wait_replicas, s.wait_aof) == (1, True)
+    assert (s.wait_replicas, s.wait_aof, s.reply_spin_us) == (1, True, 0)
     # Leases are renewed several times per lease period.
     assert s.heartbeat_seconds == 2.0
     assert Settings.from_env({"TASKFORGE_LEASE_SECONDS": "3"}).heartbeat_seconds == 0.5
@@ -87,6 +89,8 @@ def test_empty_variables_mean_unset_and_arguments_win() -> None:
         ("TASKFORGE_SOCKET_TIMEOUT", "-1", "socket_timeout"),
         ("TASKFORGE_SOCKET_TIMEOUT", "0", "socket_timeout"),
         ("TASKFORGE_WAIT_AOF", "maybe", "TASKFORGE_WAIT_AOF"),
+        ("TASKFORGE_REPLY_SPIN_US", "-1", "reply_spin_us"),
+        ("TASKFORGE_REPLY_SPIN_US", "20000", "reply_spin_us"),
         ("TASKFORGE_PREFIX", "has space", "prefix"),
         ("TASKFORGE_PREFIX", "a{b}", "prefix"),
         ("TASKFORGE_PREFIX", "x" * 65, "prefix"),

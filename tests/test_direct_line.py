@@ -7,11 +7,14 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from typing import Any
 
 import pytest
 import redis
+from hiredis import pack_command
 
 from taskforge.errors import RedisUnavailable
+from taskforge.redis.direct import _MISSES_BEFORE_PAUSE, _PAUSE_READS
 from tests.support.proxy import FaultProxy
 from tests.support.workers import AppFactory
 
@@ -112,3 +115,38 @@ def test_an_error_reply_is_raised_with_redis_pys_exception_class(
     with pytest.raises(redis.exceptions.NoScriptError):
         line.call(b"*3\r\n$7\r\nEVALSHA\r\n$40\r\n" + b"0" * 40 + b"\r\n$1\r\n0\r\n")  # type: ignore[attr-defined]
     assert line.call(b"*1\r\n$4\r\nPING\r\n") == b"PONG"  # type: ignore[attr-defined]
+
+
+def test_the_line_stops_spinning_when_replies_outlast_the_budget(make_app: AppFactory) -> None:
+    """A spin that ends without the reply is CPU spent for nothing: after a few in a row the
+    line sleeps in the kernel at once, and tries spinning again only after a while."""
+    line: Any = _open_line(make_app(reply_spin_us=100))
+    # A script that keeps the server busy for 2 ms: no spin of 100 us can see its reply.
+    slow = pack_command(
+        (
+            "EVAL",
+            "local t = redis.call('TIME') repeat local n = redis.call('TIME') until"
+            " (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 2000 return 1",
+            0,
+        )
+    )
+    calls = 0
+    while line._pause == 0:
+        assert line.call(slow) == 1
+        calls += 1
+        assert calls <= _MISSES_BEFORE_PAUSE
+    assert line._pause == _PAUSE_READS
+    ping = pack_command(("PING",))
+    for left in range(_PAUSE_READS - 1, -1, -1):
+        assert line.call(ping) in (b"PONG", "PONG")
+        assert line._pause == left and line._misses == 0  # no spin, so no miss either
+    assert line.call(ping) in (b"PONG", "PONG")  # spinning again: a miss counts, or a hit
+    assert line._pause == 0
+
+
+def test_no_spin_when_turned_off(make_app: AppFactory, client: redis.Redis) -> None:
+    forge = make_app(reply_spin_us=0)
+    line = _open_line(forge)
+    assert line._spin_ns == 0  # type: ignore[attr-defined]
+    assert forge.enqueue_with("noop", queue=QUEUE).created
+    assert _ready(client, forge.settings.prefix) == 3

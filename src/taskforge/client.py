@@ -114,7 +114,7 @@ class TaskForge:
                     blocking = connect_sync(
                         self.url, s.socket_timeout + BLOCK_SLICE_SECONDS, s.connect_timeout
                     )
-                    self._sync = SyncDriver(client, blocking, self.where)
+                    self._sync = SyncDriver(client, blocking, self.where, s.reply_spin_us)
         return self._sync
 
     def async_driver(self) -> AsyncDriver:

@@ -112,10 +112,14 @@ def _is_cluster(client: Any) -> bool:
 class SyncDriver:
     """Runs operations on sync redis-py clients (standalone, Sentinel or Cluster)."""
 
-    def __init__(self, client: Any, blocking_client: Any, where: str) -> None:
+    def __init__(
+        self, client: Any, blocking_client: Any, where: str, reply_spin_us: int = 0
+    ) -> None:
         self.client = client
         self.blocking_client = blocking_client
         self.where = where
+        self.reply_spin_us = reply_spin_us
+        """How long a direct line busy-waits for a reply before it sleeps (see DirectLine)."""
         self.is_cluster = _is_cluster(client)
         self.round_trips = 0
         """Round trips sent (a pipeline counts once): the figure the hot-path tests pin."""
@@ -150,7 +154,8 @@ class SyncDriver:
         line: DirectLine | None = getattr(self._local, "line", None)
         if line is None:
             assert self._direct_pool is not None
-            line = self._local.line = DirectLine(self._direct_pool.make_connection())
+            connection = self._direct_pool.make_connection()
+            line = self._local.line = DirectLine(connection, self.reply_spin_us)
             self._direct_lines.add(line)
         return line
 
@@ -177,6 +182,13 @@ class SyncDriver:
         except (rex.ConnectionError, rex.TimeoutError, OSError):
             self._drop_direct_line()
             return _FALLBACK
+
+    def _direct_fits(self, op: Op[Any]) -> bool:
+        """The line returns replies as Redis sent them: fine for scripts and for commands whose
+        reply redis-py does not reshape (INFO, say, it turns into a dict)."""
+        if op.script is not None:
+            return True
+        return not op.blocking and str(op.command[0]) not in self.client.response_callbacks
 
     def _direct_pipeline(self, ops: Sequence[Op[Any]]) -> list[Any] | object:
         """Several operations pipelined on this thread's line, each sent as soon as it is packed
@@ -205,7 +217,7 @@ class SyncDriver:
             return [self.run(op) for op in ops]
         self.round_trips += 1
         with translate_errors(self.where):
-            direct = self._direct_pool is not None and not any(op.blocking for op in ops)
+            direct = self._direct_pool is not None and all(map(self._direct_fits, ops))
             answers = self._direct_pipeline(ops) if direct else _FALLBACK
             if not isinstance(answers, list):
                 pipe = self.client.pipeline(transaction=False)
