@@ -121,20 +121,23 @@ def test_the_line_stops_spinning_when_replies_outlast_the_budget(make_app: AppFa
     """A spin that ends without the reply is CPU spent for nothing: after a few in a row the
     line sleeps in the kernel at once, and tries spinning again only after a while."""
     line: Any = _open_line(make_app(reply_spin_us=100))
-    # A script that keeps the server busy for 2 ms: no spin of 100 us can see its reply.
+    # A script that keeps the server busy for 5 ms: no spin of 100 us can see its reply.
     slow = pack_command(
         (
             "EVAL",
             "local t = redis.call('TIME') repeat local n = redis.call('TIME') until"
-            " (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 2000 return 1",
+            " (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 5000 return 1",
             0,
         )
     )
-    calls = 0
+    calls, missed_before = 0, line._misses
     while line._pause == 0:
         assert line.call(slow) == 1
         calls += 1
-        assert calls <= _MISSES_BEFORE_PAUSE
+        # A thread descheduled past the server's 5 ms sees the reply in its spin: a hit, which
+        # starts the count again. Rare, but a loaded machine may see a few.
+        assert calls <= 4 * _MISSES_BEFORE_PAUSE
+    assert calls >= _MISSES_BEFORE_PAUSE - missed_before
     assert line._pause == _PAUSE_READS
     ping = pack_command(("PING",))
     for left in range(_PAUSE_READS - 1, -1, -1):
