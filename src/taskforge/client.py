@@ -27,7 +27,7 @@ from .redis import operations as ops
 from .redis.connection import BLOCK_SLICE_SECONDS, SameConnection, connect_async, connect_sync
 from .redis.driver import AsyncDriver, Flow, SyncDriver
 from .redis.keys import GlobalKeys, QueueKeys, validate_task_name
-from .redis.ops import command
+from .redis.ops import LazyOps, Op, command
 from .retry import RetryPolicy
 from .serialization import encode_payload
 from .task import EnqueueItem, Task, TaskOptions, TaskRegistry, split_item
@@ -305,19 +305,23 @@ class TaskForge:
             queue = known.options.queue if known is not None else "default"
         return self.keys(queue)
 
-    def _enqueue_flow(self, keys: QueueKeys, specs: list[JobSpec]) -> Flow[list[Job[Any]]]:
+    def _enqueue_flow(
+        self, keys: QueueKeys, specs: Sequence[JobSpec] | _ManySpecs
+    ) -> Flow[list[Job[Any]]]:
         events = self.settings.publish_events
-        requests: list[Any] = [
-            ops.enqueue(keys, specs[i : i + _BATCH], events) for i in range(0, len(specs), _BATCH)
-        ]
+        calls = -(-len(specs) // _BATCH)
+
+        def build(i: int) -> Op[Any]:
+            return ops.enqueue(keys, specs[i * _BATCH : (i + 1) * _BATCH], events)
+
         if self.settings.wait_replicas or self.settings.wait_aof:
-            return (yield from self._durable_enqueue_flow(keys, requests))
+            return (yield from self._durable_enqueue_flow(keys, [build(i) for i in range(calls)]))
         register = keys.queue not in self._known_queues
-        if register:
-            requests.insert(0, ops.register_queue(self.global_keys, keys.queue))
-        replies = yield requests if len(requests) > 1 else requests[0]
-        if len(requests) == 1:
-            replies = [replies]
+        head = [ops.register_queue(self.global_keys, keys.queue)] if register else []
+        if calls == 1 and not head:
+            replies = [(yield build(0))]
+        else:
+            replies = yield LazyOps(calls, build, head)
         if register:
             self._known_queues.add(keys.queue)
             replies = replies[1:]
@@ -431,34 +435,22 @@ class TaskForge:
         queue: str | None,
         task: Task[Any, Any] | None,
         options: dict[str, Any],
-    ) -> tuple[QueueKeys, list[JobSpec]]:
+    ) -> tuple[QueueKeys, Sequence[JobSpec] | _ManySpecs]:
         task = task or self.registry.find(name)
         keys = self._queue_for(name, queue, task)
         opts = _enqueue_options(options)
         if opts["key"] is not None or opts["job_id"] is not None:
             raise ValidationError("enqueue_many takes no key= or job_id=: they name one job")
-        specs: list[JobSpec] = []
         limit = self.settings.max_payload_bytes
+        first: JobSpec | None = None
+        payloads: list[bytes] = []
         for item in items:
             args, kwargs = split_item(item)
-            if not specs:
-                specs.append(self._spec(name, args, kwargs, task, **opts))  # checks the options
-                continue
-            first = specs[0]  # the options are the same for every job of the batch
-            specs.append(
-                JobSpec(
-                    new_job_id(),
-                    name,
-                    encode_payload(args, kwargs or {}, limit),
-                    first.priority,
-                    first.max_attempts,
-                    first.timeout_ms,
-                    first.delay_ms,
-                    first.at_ms,
-                    "",
-                )
-            )
-        return keys, specs
+            if first is None:
+                first = self._spec(name, args, kwargs, task, **opts)  # checks the options
+            else:
+                payloads.append(encode_payload(args, kwargs or {}, limit))
+        return keys, ([] if first is None else _ManySpecs(first, payloads))
 
     def enqueue_many(
         self,
@@ -560,6 +552,40 @@ def _waitaof_reply(reply: Any) -> tuple[int, int]:
 def _is_seconds(value: object) -> bool:
     """A finite real number (NaN and infinity cannot become milliseconds)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _ManySpecs:
+    """The jobs of one ``enqueue_many`` call. Every payload is checked and encoded up front, so
+    a bad item raises before anything is written; ids and specs are made per script call, as
+    the call is built, so that this work overlaps with Redis running the call before it. Each
+    range is asked for once (``LazyOps`` builds each call once): asking again makes new ids."""
+
+    def __init__(self, first: JobSpec, payloads: list[bytes]) -> None:
+        self.first = first  # the options are the same for every job of the batch
+        self.payloads = payloads
+
+    def __len__(self) -> int:
+        return 1 + len(self.payloads)
+
+    def __getitem__(self, part: slice) -> list[JobSpec]:
+        first = self.first
+        start, stop, _ = part.indices(len(self))
+        specs = [first] if start == 0 else []
+        for payload in self.payloads[max(start - 1, 0) : stop - 1]:
+            specs.append(
+                JobSpec(
+                    new_job_id(),
+                    first.task,
+                    payload,
+                    first.priority,
+                    first.max_attempts,
+                    first.timeout_ms,
+                    first.delay_ms,
+                    first.at_ms,
+                    "",
+                )
+            )
+        return specs
 
 
 def _enqueue_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -26,13 +26,13 @@ from .connection import (
     run_same_connection_sync,
 )
 from .direct import DirectLine
-from .ops import Op
+from .ops import LazyOps, Op
 
 __all__ = ["AsyncDriver", "Flow", "PermissionDenied", "SyncDriver", "translate_errors"]
 
 T = TypeVar("T")
 _FALLBACK = object()
-Flow = Generator["Op[Any] | list[Op[Any]]", Any, T]
+Flow = Generator["Op[Any] | Sequence[Op[Any]]", Any, T]
 
 
 class PermissionDenied(TaskForgeError):
@@ -217,7 +217,10 @@ class SyncDriver:
             return [self.run(op) for op in ops]
         self.round_trips += 1
         with translate_errors(self.where):
-            direct = self._direct_pool is not None and all(map(self._direct_fits, ops))
+            fits = self._direct_fits
+            direct = self._direct_pool is not None and (
+                ops.all_fit(fits) if isinstance(ops, LazyOps) else all(map(fits, ops))
+            )
             answers = self._direct_pipeline(ops) if direct else _FALLBACK
             if not isinstance(answers, list):
                 pipe = self.client.pipeline(transaction=False)
@@ -238,9 +241,7 @@ class SyncDriver:
             request = next(flow)
             while True:
                 try:
-                    reply = (
-                        self.run_all(request) if isinstance(request, list) else self.run(request)
-                    )
+                    reply = self.run(request) if isinstance(request, Op) else self.run_all(request)
                 except Exception as exc:
                     request = flow.throw(exc)  # the flow may handle it (e.g. an ACL denial)
                     continue
@@ -313,7 +314,7 @@ class AsyncDriver:
             request = next(flow)
             while True:
                 try:
-                    if isinstance(request, list):
+                    if not isinstance(request, Op):
                         reply = await self.run_all(request)
                     else:
                         reply = await self.run(request)
