@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert s.completed_ttl == 24 * 3600 and s.dead_ttl == 7 * 24 * 3600
     assert s.max_payload_bytes == 1024 * 1024
     assert s.publish_events is True and s.wait_aof is False
-    assert s.reply_spin_us == 200
+    assert s.reply_spin_us == 500
 
 
 def test_every_variable_is_read() -> None:

@@ -72,7 +72,7 @@ class Settings:
     retry_cap_seconds: float = 300.0
     socket_timeout: float = 5.0
     connect_timeout: float = 5.0
-    reply_spin_us: int = 200
+    reply_spin_us: int = 500
     """A sync call busy-waits this long for a short reply before it sleeps in the kernel (0 =
     never): on virtual machines, waking a halted vCPU costs more than Redis takes to answer."""
     publish_events: bool = True
