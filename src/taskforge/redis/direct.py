@@ -39,8 +39,9 @@ def _timeval(seconds: float) -> bytes:
 
 
 class DirectLine:
-    """One connection, one request at a time. Any error leaves it closed; the caller falls back
-    to its pooled client and opens a new line on the next call."""
+    """One connection, used by one thread: a call, or a pipeline (sends, then as many reads).
+    After a connection error the caller closes it, falls back to its pooled client and opens a
+    new line on the next call."""
 
     def __init__(self, connection: Any, spin_us: int = 0) -> None:
         self.connection = connection
