@@ -1,4 +1,4 @@
-"""A thread's own line to a standalone Redis, for one-reply calls on the sync hot path.
+"""A thread's own line to a standalone Redis, for script calls and pipelines on the sync hot path.
 
 redis-py's connection does the handshake (AUTH, SELECT, TLS, client name); after that a plain TCP
 or Unix socket is read and written here directly. That skips redis-py's per-call checks and, more
