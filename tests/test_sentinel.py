@@ -87,21 +87,22 @@ def _follow(
     sentinel: SentinelDeployment,
     capsys: pytest.CaptureFixture[str],
     *,
-    crash: bool,
+    event: str,
+    **producer_settings: object,
 ) -> None:
     ledger = Ledger()
     forge = _forge(sentinel.url, ledger, lease_seconds=2)
-    producer_forge = _forge(sentinel.url, ledger)
+    producer_forge = _forge(sentinel.url, ledger, **producer_settings)
     with running_worker(forge, QUEUES, concurrency=8, recover_seconds=0.5) as worker:
         producer = Producer(producer_forge, "record", QUEUES, pause=0.002)
         producer.start()
         producer.wait_for(200)
         old = sentinel.master()
         started = time.monotonic()
-        if crash:
+        if event == "crash":
             sentinel.kill_master()
         else:
-            sentinel.failover()
+            sentinel.failover(coordinated=event == "coordinated switchover")
         new = sentinel.wait_for_failover(30)
         switched = time.monotonic() - started
         at_failover = producer.count()
@@ -114,9 +115,10 @@ def _follow(
         outcomes = dict(worker.parts["acker"].outcomes)
     _report(
         capsys,
-        f"sentinel {'crash' if crash else 'switchover'}: master {old.port} -> {new[1]} in"
-        f" {switched:.1f} s; {len(acknowledged)} jobs acknowledged, lost {len(lost)}, ran twice"
-        f" {len(ledger.twice())}; producer retries {producer.failures}; acker {outcomes}",
+        f"sentinel {event}{' with ' if producer_settings else ''}"
+        f"{', '.join(f'{k}={v}' for k, v in producer_settings.items())}: master {old.port} ->"
+        f" {new[1]} in {switched:.1f} s; {len(acknowledged)} jobs acknowledged, lost {len(lost)},"
+        f" ran twice {len(ledger.twice())}; producer retries {producer.failures}; acker {outcomes}",
     )
     assert not lost, f"acknowledged jobs never ran: {sorted(lost)[:10]}"
     forge.close()
@@ -127,16 +129,32 @@ def _follow(
 def test_producers_and_workers_follow_a_crashed_master(
     sentinel: SentinelDeployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _follow(sentinel, capsys, crash=True)
+    _follow(sentinel, capsys, event="crash")
 
 
 @_FAILOVER_SOCKETS
-def test_producers_and_workers_follow_a_switchover(
+def test_producers_and_workers_follow_a_switchover_with_wait(
     sentinel: SentinelDeployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """SENTINEL FAILOVER demotes the master while clients are connected: their writes get
-    READONLY until they reconnect to the new master."""
-    _follow(sentinel, capsys, crash=False)
+    """A plain SENTINEL FAILOVER promotes the replica before it demotes the master, and what the
+    old master takes in between is discarded when it resyncs as a replica. With WAIT 1 those
+    enqueues fail (their replica is gone) and are retried on the new master, so none is lost;
+    clients meet READONLY once the old master is demoted and reconnect to the new one."""
+    _follow(sentinel, capsys, event="switchover", wait_replicas=1, wait_timeout_ms=200)
+
+
+@_FAILOVER_SOCKETS
+def test_a_coordinated_switchover_loses_nothing_without_wait(
+    sentinel: SentinelDeployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SENTINEL FAILOVER … COORDINATED pauses the master's writes until the replica has them
+    all, then swaps roles: no acknowledged enqueue is lost even without WAIT."""
+    if not sentinel.coordinated_failover_supported:
+        master = sentinel.master()
+        pytest.skip(
+            f"{master.kind} {'.'.join(map(str, master.version))} has no coordinated failover"
+        )
+    _follow(sentinel, capsys, event="coordinated switchover")
 
 
 @_FAILOVER_SOCKETS

@@ -998,11 +998,20 @@ class SentinelDeployment:
         master.kill()
         return master
 
-    def failover(self) -> None:
-        """Ask Sentinel for a graceful failover (SENTINEL FAILOVER) without killing anything."""
+    @property
+    def coordinated_failover_supported(self) -> bool:
+        """``SENTINEL FAILOVER … COORDINATED`` (Valkey >= 9): the master hands over with the
+        FAILOVER command, pausing writes until the replica caught up."""
+        return self.master().kind == "valkey" and self.master().version >= (9,)
+
+    def failover(self, *, coordinated: bool = False) -> None:
+        """Ask Sentinel for a switchover (SENTINEL FAILOVER) without killing anything. The plain
+        one promotes the replica first and demotes the old master later, so writes the old master
+        takes in between are lost; ``coordinated`` uses the server's FAILOVER handshake."""
         self._last_killed = self.master_address()
         sentinel = next(s for s in self._sentinels if s.running)
-        sentinel.execute("SENTINEL", "FAILOVER", self.master_name)
+        extra = ("COORDINATED",) if coordinated else ()
+        sentinel.execute("SENTINEL", "FAILOVER", self.master_name, *extra)
 
     def wait_for_failover(self, timeout: float = 30) -> tuple[str, int]:
         """Wait until every live Sentinel names a new master and that server is a master."""
