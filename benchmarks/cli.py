@@ -75,6 +75,7 @@ def _settings(args: argparse.Namespace, log_dir: Path) -> tuple[Settings, int]:
             delayed_jobs=5,
             delay_range=(0.2, 0.6),
             idle_seconds=1.0,
+            idle_settle_seconds=1.0,
             processes=os.cpu_count() or 2,
             startup_timeout=30.0,
             log_dir=log_dir,
@@ -86,7 +87,9 @@ def _settings(args: argparse.Namespace, log_dir: Path) -> tuple[Settings, int]:
         latency_samples=300,
         delayed_jobs=200,
         delay_range=(0.2, 1.2),
-        idle_seconds=3.0,
+        # Ten seconds hold one of TaskForge's 10 s blocking waits and ten of a 1 s poller's.
+        idle_seconds=10.0,
+        idle_settle_seconds=3.0,
         processes=os.cpu_count() or 2,
         startup_timeout=60.0,
         log_dir=log_dir,

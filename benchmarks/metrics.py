@@ -38,6 +38,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker_commands_per_job", "worker Redis commands per job", "cmds", False, 1),
     Metric("cpu_per_10k", "worker CPU per 10,000 jobs", "s", False, 2),
     Metric("idle_commands_per_s", "idle worker load on Redis", "cmds/s", False, 1),
+    Metric("idle_sent_per_s", "idle worker commands sent", "cmds/s", False, 1),
 )
 BY_KEY = {m.key: m for m in METRICS}
 

@@ -45,6 +45,9 @@ class Settings:
     delayed_jobs: int
     delay_range: tuple[float, float]
     idle_seconds: float
+    idle_settle_seconds: float
+    """Quiet time before the idle window, so that what a worker flushes after the busy phase
+    before it (TaskForge's job metrics, every 2 s) is not counted as idle load."""
     processes: int
     startup_timeout: float
     log_dir: Path
@@ -265,13 +268,15 @@ class SystemRun:
         m.update(_percentiles(samples, "pickup"))
         self.h.reset_keys()
 
-        time.sleep(1.0)
+        time.sleep(self.s.idle_settle_seconds)
         a = self.h.snapshot()
-        time.sleep(self.s.idle_seconds)
+        sent, watched = self.h.monitor(self.s.idle_seconds)
         b = self.h.snapshot()
         idle = self.h.delta(a, b)
         m["idle_commands_per_s"] = sum(idle.values()) / (b.at - a.at)
+        m["idle_sent_per_s"] = sum(sent.values()) / watched
         self.details["idle_commands"] = dict(idle.most_common(12))
+        self.details["idle_sent"] = dict(sent.most_common(12))
 
         if self.system.supports_delay:
             delayed = self.produce("delayed", self.s.delayed_jobs, 0)

@@ -7,6 +7,7 @@ between two readings, so those are subtracted exactly: what is left is the queue
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,8 @@ import redis
 
 COUNTER_KEY = "bench:done"
 LATENCY_KEY = "bench:latency"
+# A MONITOR line: +<time> [<db> <client address, or "lua" inside a script>] "<COMMAND>" ...
+_MONITOR_LINE = re.compile(rb'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"')
 
 
 def free_port() -> int:
@@ -192,6 +195,38 @@ class Harness:
             if n > 0:
                 delta[name] -= n
         return +delta  # drop zero and negative entries
+
+    def monitor(self, seconds: float) -> tuple[Counter[str], float]:
+        """The commands clients send over ``seconds`` (MONITOR lines not run by a script), and
+        how long was watched. Commandstats cannot tell the two kinds apart."""
+        self.sent["monitor"] += 1
+        host, port = (
+            self.client.connection_pool.connection_kwargs["host"],
+            self.client.connection_pool.connection_kwargs["port"],
+        )
+        sent: Counter[str] = Counter()
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"MONITOR\r\n")
+            buffer = b""
+            while b"\r\n" not in buffer:
+                buffer += sock.recv(4096)
+            started = time.monotonic()
+            buffer = buffer.split(b"\r\n", 1)[1]  # past +OK
+            deadline = started + seconds
+            while (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                *lines, buffer = (buffer + chunk).split(b"\r\n")
+                for line in lines:
+                    match = _MONITOR_LINE.match(line)
+                    if match is not None and match.group(1) != b"lua":
+                        sent[match.group(2).decode().lower()] += 1
+            return sent, time.monotonic() - started
 
     def close(self) -> None:
         self.client.close()

@@ -32,14 +32,14 @@ LEAD_SECONDS = 0.005
 """A waiter's timer for a delayed job fires this long before the due time, so that the fetch
 (which leases jobs due within AHEAD_MS) is back before the job must start."""
 AHEAD_MS = 10
+"""Free slots may lease scheduled jobs due within this many ms; the worker holds them and starts
+each at its due time. Longer would keep slots idle and jobs from other workers for longer."""
 WAIT_SLICE_SECONDS = 10.0
 """A waiter's longest block; after an empty one it renews its parkings."""
 PARK_SECONDS = 25.0
 """A parking not renewed for this long expires: a dead idle worker is handed new jobs for at most
 this long (they go back to ready at the next recovery run). More than two slices, so that one late
 renewal does not unpark a live worker."""
-"""Free slots may lease scheduled jobs due within this many ms; the worker holds them and starts
-each at its due time. Longer would keep slots idle and jobs from other workers for longer."""
 
 
 class Fetcher:
