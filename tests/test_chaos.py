@@ -202,6 +202,44 @@ def test_worker_survives_a_spell_of_refused_writes(
             assert "crashed" not in worker.log(), worker.log_tail()
 
 
+@pytest.mark.parametrize("how", ["replicaof", "client-unblock"])
+def test_an_idle_worker_unblocked_by_the_server_keeps_waiting(
+    redis_factory: ServerFactory, redis_url: str, tmp_path: Path, how: str
+) -> None:
+    """Redis ends a blocking call with an UNBLOCKED error when its master turns into a replica
+    (a switchover, a coordinated failover) or an operator runs CLIENT UNBLOCK … ERROR. An idle
+    worker blocked in its wait treats that as a refusal for now, waits and carries on."""
+    server = redis_factory(name="unblocking")
+    with TaskForge(server.url) as forge, redis.Redis.from_url(redis_url) as ledger:
+        client = server.client()
+        with WorkerProcess(
+            server.url, tmp_path, name="worker", concurrency=4, lease=10, record_url=redis_url
+        ) as worker:
+            worker.start()
+
+            def blocked_waiters() -> list[int]:
+                return [
+                    int(c["id"]) for c in client.client_list() if c["cmd"] in ("bzmpop", "bzpopmin")
+                ]
+
+            waiters = wait_until(
+                blocked_waiters, 20, "the worker to block", details=worker.log_tail
+            )
+            if how == "replicaof":
+                client.execute_command("REPLICAOF", "127.0.0.1", "1")
+            else:
+                for waiter in waiters:
+                    client.execute_command("CLIENT", "UNBLOCK", waiter, "ERROR")
+            wait_until(lambda: "UNBLOCKED" in worker.log(), 10, "the worker to be unblocked")
+            if how == "replicaof":
+                client.execute_command("REPLICAOF", "NO", "ONE")
+            ids = _enqueue_work(forge, [1] * 20)
+            wait_all_completed(client, ids, 30, [worker], ledger_client=ledger)
+            report = run_report(client, ids, ledger_client=ledger)
+            assert report.ok, report
+            assert "crashed" not in worker.log(), worker.log_tail()
+
+
 def _configure(client: redis.Redis, setting: str, value: str) -> None:
     if setting == "replicaof":
         client.execute_command("REPLICAOF", *value.split())

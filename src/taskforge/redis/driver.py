@@ -40,12 +40,14 @@ class PermissionDenied(TaskForgeError):
 
 
 # Refusals by a server that cannot take writes for a while (no good replicas, demoted to a
-# replica, a failed background save, a long script, a cluster reconfiguring): the command did not
-# run, and the same call succeeds once the server recovers, so Redis is unavailable, not broken.
-# Raised as ResponseError, they would end the worker's retry loops for good. redis-py strips the
-# code from the errors it has a class for, and leaves it in the text of the others.
+# replica, a failed background save, a long script, a cluster reconfiguring), and blocking calls
+# it ended early (UNBLOCKED: the master became a replica, or CLIENT UNBLOCK ... ERROR): the
+# command did not take effect, and the same call succeeds once the server recovers, so Redis is
+# unavailable, not broken. Raised as ResponseError, they would end the worker's retry loops for
+# good. redis-py strips the code from the errors it has a class for, and leaves it in the text of
+# the others.
 _REFUSED_FOR_NOW = (rex.ReadOnlyError, rex.TryAgainError, rex.ClusterDownError)
-_REFUSED_FOR_NOW_CODES = ("NOREPLICAS", "MISCONF", "BUSY ")
+_REFUSED_FOR_NOW_CODES = ("NOREPLICAS", "MISCONF", "BUSY ", "UNBLOCKED ")
 
 
 @contextmanager
