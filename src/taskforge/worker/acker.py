@@ -42,6 +42,9 @@ class Acker:
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self.releases_done = asyncio.Event()
+        """Set while no release waits to reach Redis (the fetcher's strict priority needs it)."""
+        self.releases_done.set()
         self.batches = 0
         self.outcomes: dict[str, int] = {}
         self.listeners: list[Any] = []
@@ -66,6 +69,7 @@ class Acker:
     def release(self, lease: Lease) -> None:
         lease.finished = True
         self._releases.append(lease)
+        self.releases_done.clear()
         self._kick()
 
     def forget(self, lease: Lease) -> None:
@@ -165,6 +169,8 @@ class Acker:
             except BaseException:
                 self._releases[:0] = [x for x in batch if x.job.id in self.state.leases]
                 raise
+            if not self._releases:
+                self.releases_done.set()
 
     async def _send_completions(self) -> None:
         by_queue: dict[str, list[tuple[Lease, bytes]]] = {}

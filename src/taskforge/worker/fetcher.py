@@ -11,6 +11,7 @@ is rebuilt by the next fetch or recovery run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Fetcher:
         start: Callable[[Lease], None],
         release: Callable[[Lease], None],
         isolate_after: int = 0,
+        releases_done: asyncio.Event | None = None,
     ) -> None:
         self.state = state
         self.driver = driver
@@ -64,6 +66,8 @@ class Fetcher:
         self.start = start
         self.release = release
         self.isolate_after = isolate_after
+        self.releases_done = releases_done
+        """Set while none of the jobs this worker handed back is still on its way to ready."""
         self.parked: dict[str, int] = {}
         """Queue -> the capacity this worker is parked with there, 0 = parked but full (as far as
         it knows: enqueues charge it in Redis, inbox pops here; completions top it up)."""
@@ -139,6 +143,8 @@ class Fetcher:
             want = min(state.slots.free, state.config.fetch_batch)
             if want <= 0:
                 return
+            if self.rank[keys.queue] > 0 and self.releases_done is not None:
+                await self._await_releases()
             if await self._higher_queue_has_work(keys):
                 return  # the next round starts with it
             hints_before = self.hints.get(keys.queue, 0)
@@ -180,6 +186,17 @@ class Fetcher:
                     self._start_or_release(lease)
                 self._leave_if_full()
                 return
+
+    async def _await_releases(self) -> None:
+        """A job handed over while no slot was free is on its way back to ready (perhaps to a
+        higher queue): until it is there, the probe of higher queues would miss it."""
+        assert self.releases_done is not None
+        if self.releases_done.is_set():
+            return
+        self.unwatched = True
+        # Bounded: if Redis is slow or away, the fetch that follows says so.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.releases_done.wait(), 1.0)
 
     def take_handed(self, keys: QueueKeys, jobs: list[ops.FetchedJob]) -> None:
         """Jobs an enqueue handed to this worker through its inbox: already leased to it."""

@@ -161,6 +161,7 @@ class Worker:
             metrics.starter(executor.start),
             acker.release,
             settings.isolate_after_redeliveries,
+            acker.releases_done,
         )
         acker.parked = fetcher.parked
         acker.park_ms = round(PARK_SECONDS * 1000)
