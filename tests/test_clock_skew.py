@@ -92,3 +92,30 @@ def test_skewed_worker_does_not_steal_a_renewed_lease(
     info = job.info()
     assert len(runs) == 1, f"the job ran {len(runs)} times"
     assert info.redeliveries == 0
+
+
+def test_the_clock_bounds_a_due_time_by_the_fastest_reply_and_never_starts_early() -> None:
+    """Redis reads its clock between a request's send and its reply: a delayed job is started
+    at the earliest local time that every recent reading proves past its due time."""
+    from taskforge.worker.state import RedisClock
+
+    offset_ms = 250.0  # Redis's clock runs this far ahead of ours
+    clock = RedisClock()
+    local = 1000.0
+    legs = [(0.0001, 0.0008), (0.0004, 0.00005), (0.0002, 0.0003)]  # (request, reply) seconds
+    for request, reply in legs * 10:
+        read_at = local + request
+        clock.observe(read_at * 1000.0 + offset_ms, local, read_at + reply)
+        local = read_at + reply + 0.003
+        due_ms = (local + 0.004) * 1000.0 + offset_ms
+        start = clock.local_not_before(due_ms)
+        true_due = local + 0.004
+        assert start >= true_due, f"would start {(true_due - start) * 1e6:.1f} us early"
+    # After one fast reply, starts are late by about that reply's leg, not by the last one's.
+    assert start - true_due < 0.0001
+
+    # Redis's clock stepped back 20 ms: the next reading contradicts the old bound and replaces it.
+    read_at = local + 0.0001
+    clock.observe(read_at * 1000.0 + offset_ms - 20.0, local, read_at + 0.0003)
+    due_ms = (read_at + 0.01) * 1000.0 + offset_ms - 20.0
+    assert clock.local_not_before(due_ms) >= read_at + 0.01

@@ -179,9 +179,7 @@ class Fetcher:
                 for job in jobs:
                     lease = Lease(job, keys)
                     if job.due_ms:
-                        # Redis read its clock before `received`: counting the wait from there
-                        # can start the job a little late, never early.
-                        lease.not_before = received + (job.due_ms - now_ms) / 1000.0
+                        lease.not_before = state.clock.local_not_before(job.due_ms)
                     # Jobs handed over while this fetch was in flight may have taken slots.
                     self._start_or_release(lease)
                 self._leave_if_full()

@@ -98,11 +98,20 @@ class Slots:
         await self._idle.wait()
 
 
+_DRIFT_MS_PER_SECOND = 0.5
+"""How fast two clocks kept by NTP may drift apart at most (500 ppm): an old bound on the offset
+loosens by this much per second."""
+
+
 class RedisClock:
     """Redis's clock as seen from here: leases and due times are judged on it, never on ours."""
 
     def __init__(self) -> None:
         self.offset_ms = 0.0
+        self._floor_ms: float | None = None
+        """The largest offset that every recent reading proves Redis's clock to be ahead of
+        ours by at least (see ``observe``), aged for drift to ``_floor_at``."""
+        self._floor_at = 0.0
 
     @staticmethod
     def local() -> float:
@@ -112,6 +121,29 @@ class RedisClock:
     def observe(self, redis_now_ms: float, sent_at: float, received_at: float) -> None:
         # The server read its clock somewhere in the round trip; the midpoint is the best guess.
         self.offset_ms = redis_now_ms - (sent_at + received_at) * 500.0
+        # It read it after `sent_at` and before `received_at`, so the true offset lies between
+        # these two; the readings whose reply came back fastest bound it best from below.
+        floor = redis_now_ms - received_at * 1000.0
+        ceiling = redis_now_ms - sent_at * 1000.0
+        aged = self._aged_floor(received_at)
+        # A floor above this reading's ceiling means a clock was stepped: start over.
+        if aged is None or aged > ceiling or floor > aged:
+            self._floor_ms, self._floor_at = floor, received_at
+        else:
+            self._floor_ms, self._floor_at = aged, received_at
+
+    def _aged_floor(self, at: float) -> float | None:
+        if self._floor_ms is None:
+            return None
+        return self._floor_ms - max(0.0, at - self._floor_at) * _DRIFT_MS_PER_SECOND
+
+    def local_not_before(self, redis_ms: float) -> float:
+        """The local time at which Redis's clock has surely reached ``redis_ms``: as early as
+        the readings allow, never before it. Only valid after an ``observe``."""
+        assert self._floor_ms is not None, "observe() first"
+        # Solves t = (redis_ms - floor aged to t) / 1000: drift counts until the start too.
+        drift = _DRIFT_MS_PER_SECOND
+        return (redis_ms - self._floor_ms - self._floor_at * drift) / (1000.0 - drift)
 
     def now_ms(self) -> float:
         return self.local() * 1000.0 + self.offset_ms
