@@ -55,8 +55,8 @@ class Fetcher:
         events: bool,
         start: Callable[[Lease], None],
         release: Callable[[Lease], None],
+        releases_done: asyncio.Event,
         isolate_after: int = 0,
-        releases_done: asyncio.Event | None = None,
     ) -> None:
         self.state = state
         self.driver = driver
@@ -143,7 +143,7 @@ class Fetcher:
             want = min(state.slots.free, state.config.fetch_batch)
             if want <= 0:
                 return
-            if self.rank[keys.queue] > 0 and self.releases_done is not None:
+            if self.rank[keys.queue] > 0 and not self.releases_done.is_set():
                 await self._await_releases()
             if await self._higher_queue_has_work(keys):
                 return  # the next round starts with it
@@ -188,9 +188,6 @@ class Fetcher:
     async def _await_releases(self) -> None:
         """A job handed over while no slot was free is on its way back to ready (perhaps to a
         higher queue): until it is there, the probe of higher queues would miss it."""
-        assert self.releases_done is not None
-        if self.releases_done.is_set():
-            return
         self.unwatched = True
         # Bounded: if Redis is slow or away, the fetch that follows says so.
         with contextlib.suppress(TimeoutError):

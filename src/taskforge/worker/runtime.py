@@ -160,8 +160,8 @@ class Worker:
             settings.publish_events,
             metrics.starter(executor.start),
             acker.release,
-            settings.isolate_after_redeliveries,
             acker.releases_done,
+            settings.isolate_after_redeliveries,
         )
         acker.parked = fetcher.parked
         acker.park_ms = round(PARK_SECONDS * 1000)
