@@ -200,16 +200,16 @@ class Harness:
         """The commands clients send over ``seconds`` (MONITOR lines not run by a script), and
         how long was watched. Commandstats cannot tell the two kinds apart."""
         self.sent["monitor"] += 1
-        host, port = (
-            self.client.connection_pool.connection_kwargs["host"],
-            self.client.connection_pool.connection_kwargs["port"],
-        )
+        server = self.client.connection_pool.connection_kwargs
         sent: Counter[str] = Counter()
-        with socket.create_connection((host, port), timeout=5) as sock:
+        with socket.create_connection((server["host"], server["port"]), timeout=5) as sock:
             sock.sendall(b"MONITOR\r\n")
             buffer = b""
             while b"\r\n" not in buffer:
-                buffer += sock.recv(4096)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError("Redis closed the MONITOR connection before +OK")
+                buffer += chunk
             started = time.monotonic()
             buffer = buffer.split(b"\r\n", 1)[1]  # past +OK
             deadline = started + seconds
